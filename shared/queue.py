@@ -1,0 +1,155 @@
+"""The queue message that asks for one user's sync, and the client that sends it.
+
+Messages are base64 text because the Functions queue trigger decodes base64 by default
+(host.json `extensions.queues.messageEncoding`); a plain-text message would go straight to poison.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+from azure.core.exceptions import ResourceExistsError
+from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
+from azure.storage.queue.aio import QueueClient
+
+from .settings import Settings, StorageSettings
+
+Reason = Literal["notification", "manual", "reconcile"]
+REASONS: tuple[Reason, ...] = ("notification", "manual", "reconcile")
+
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+# A UPN: local part without characters that could steer a URL, '@', a DNS domain. Apostrophes,
+# '#' (guests' #EXT#) and non-ASCII letters are legal in Entra ID UPNs and must pass.
+_UPN = re.compile(r"^[^\s/\\?%\"<>|:*@]{1,113}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+MAX_USER_KEY_LENGTH = 256
+
+
+class InvalidMessage(ValueError):
+    """A queue message or request that can never be processed; says what is wrong."""
+
+
+def is_object_id(value: str) -> bool:
+    return bool(_GUID.match(value))
+
+
+def check_user_key(value: object) -> str:
+    """Accept an Entra object id or a UPN; refuse anything that could steer a URL path."""
+    if not isinstance(value, str) or not value:
+        raise InvalidMessage("a user must be given as a non-empty string (object id or UPN)")
+    if len(value) > MAX_USER_KEY_LENGTH:
+        raise InvalidMessage(f"a user id is at most {MAX_USER_KEY_LENGTH} characters")
+    if is_object_id(value):
+        return value.lower()
+    if ".." in value or not _UPN.match(value):
+        raise InvalidMessage(f"{value[:80]!r} is neither an object id nor a user principal name")
+    return value
+
+
+@dataclass(frozen=True)
+class SyncRequest:
+    """One queue message: sync this user's photo."""
+
+    user_id: str
+    reason: Reason = "manual"
+    force: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps({"userId": self.user_id, "reason": self.reason, "force": self.force})
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> SyncRequest:
+        try:
+            body = json.loads(text)
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidMessage("the message is not JSON") from None
+        if not isinstance(body, dict):
+            raise InvalidMessage("the message must be a JSON object")
+        reason = body.get("reason", "manual")
+        if reason not in REASONS:
+            raise InvalidMessage(f"reason must be one of {', '.join(REASONS)}")
+        force = body.get("force", False)
+        if not isinstance(force, bool):
+            raise InvalidMessage("force must be true or false")
+        return cls(user_id=check_user_key(body.get("userId")), reason=reason, force=force)
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+async def _aiter(items: Iterable[SyncRequest]) -> AsyncIterator[SyncRequest]:
+    for item in items:
+        yield item
+
+
+def queue_client(storage: StorageSettings, queue_name: str) -> QueueClient:
+    """An async QueueClient that writes and reads base64 like the Functions host does."""
+    policies = {"message_encode_policy": TextBase64EncodePolicy(),
+                "message_decode_policy": TextBase64DecodePolicy()}
+    if storage.connection_string:
+        return QueueClient.from_connection_string(storage.connection_string, queue_name, **policies)
+    from azure.identity.aio import ManagedIdentityCredential
+
+    assert storage.queue_service_uri
+    return QueueClient(storage.queue_service_uri, queue_name,
+                       credential=ManagedIdentityCredential(client_id=storage.client_id), **policies)
+
+
+class SyncQueue:
+    """Sends sync requests to the photo-sync queue, many at a time."""
+
+    def __init__(self, client: QueueClient, concurrency: int = 16) -> None:
+        self._client = client
+        self._concurrency = concurrency
+        self._created = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SyncQueue:
+        return cls(queue_client(settings.storage, settings.queue_name))
+
+    async def ensure_exists(self) -> None:
+        if not self._created:
+            try:
+                await self._client.create_queue()
+            except ResourceExistsError:
+                pass
+            self._created = True
+
+    async def send(self, requests: Iterable[SyncRequest]) -> int:
+        """Enqueue every request; return how many were sent. Raises if any send failed."""
+        return await self.send_all(_aiter(requests))
+
+    async def send_all(self, requests: AsyncIterable[SyncRequest]) -> int:
+        """Enqueue a stream of requests with bounded concurrency, never holding the whole stream."""
+        await self.ensure_exists()
+        pending: set[asyncio.Task[object]] = set()
+        sent = 0
+        try:
+            async for request in requests:
+                if len(pending) >= self._concurrency:
+                    done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        task.result()  # surface a failed send now, not after the whole stream
+                pending.add(asyncio.ensure_future(self._client.send_message(request.to_json())))
+                sent += 1
+            if pending:
+                for task in asyncio.as_completed(pending):
+                    await task
+                pending = set()
+        finally:
+            for task in pending:
+                task.cancel()
+        return sent
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def __aenter__(self) -> SyncQueue:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,268 @@
+"""Every app setting photo-sync reads, validated once into one immutable object.
+
+All problems are collected and reported together, each naming its setting, so a misconfigured
+Function App fails at start-up with one readable message instead of at the first message.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+CREDENTIAL_KINDS = ("managed-identity", "certificate", "azure-cli")
+DEFAULT_GRAPH_BASE_URL = "https://graph.microsoft.com/v1.0"
+DEFAULT_PHOTOS_FOLDER = "User Photos/Profile Pictures"
+DEFAULT_THUMBNAIL_SIZES = (48, 72, 200)
+DEFAULT_RECONCILE_SCHEDULE = "0 0 */6 * * *"
+
+# Azure Storage queue names: 3-63 chars, lowercase letters, digits and single hyphens.
+_QUEUE_NAME = re.compile(r"^(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*$")
+_TABLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,62}$")
+
+
+class SettingsError(ValueError):
+    """Raised with one line per missing or malformed setting."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("photo-sync settings are invalid:\n  - " + "\n  - ".join(problems))
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """Where queues and tables live: a connection string, or identity-based service URIs."""
+
+    connection_string: str | None
+    queue_service_uri: str | None = None
+    table_service_uri: str | None = None
+    client_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    storage: StorageSettings
+    queue_name: str
+    state_table: str
+    graph_base_url: str
+    mysite_url: str
+    admin_url: str
+    photos_folder: str
+    thumbnail_sizes: tuple[int, int, int]
+    credential_kind: str
+    client_id: str | None
+    tenant_id: str | None
+    certificate_path: str | None
+    max_photo_bytes: int
+    max_photo_pixels: int
+    client_state: str | None = field(default=None, repr=False)
+    notification_url: str | None = None
+    lifecycle_notification_url: str | None = None
+    reconcile_schedule: str = DEFAULT_RECONCILE_SCHEDULE
+    include_guests: bool = True
+    enabled_only: bool = True
+    include_groups: tuple[str, ...] = ()
+    exclude_groups: tuple[str, ...] = ()
+
+    @property
+    def poison_queue_name(self) -> str:
+        return f"{self.queue_name}-poison"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read and check every setting; raise SettingsError naming each bad one."""
+        env = os.environ if env is None else env
+        reader = _Reader(env)
+
+        storage = _read_storage(reader)
+        queue_name = reader.text("PHOTO_SYNC_QUEUE", "photo-sync")
+        if not _QUEUE_NAME.match(queue_name):
+            reader.problem("PHOTO_SYNC_QUEUE", f"{queue_name!r} is not a valid queue name "
+                           "(3-63 lowercase letters, digits and single hyphens)")
+        state_table = reader.text("PHOTO_SYNC_STATE_TABLE", "photosyncstate")
+        if not _TABLE_NAME.match(state_table):
+            reader.problem("PHOTO_SYNC_STATE_TABLE", f"{state_table!r} is not a valid table name")
+
+        graph_base_url = reader.url("GRAPH_BASE_URL", DEFAULT_GRAPH_BASE_URL)
+        mysite_url = reader.url("SHAREPOINT_MYSITE_URL", None)
+        if "SHAREPOINT_MYSITE_URL" not in reader.named and not mysite_url:
+            reader.problem("SHAREPOINT_MYSITE_URL", "is required, e.g. https://contoso-my.sharepoint.com")
+        default_admin = _derive_admin_url(mysite_url) if mysite_url else None
+        admin_url = reader.url("SHAREPOINT_ADMIN_URL", default_admin)
+        if mysite_url and not admin_url and "SHAREPOINT_ADMIN_URL" not in reader.named:
+            reader.problem("SHAREPOINT_ADMIN_URL", "cannot be derived from SHAREPOINT_MYSITE_URL "
+                           "(expected a host like contoso-my.sharepoint.com); set it explicitly")
+
+        credential_kind = reader.text("PHOTO_SYNC_CREDENTIAL", "managed-identity")
+        if credential_kind not in CREDENTIAL_KINDS:
+            reader.problem("PHOTO_SYNC_CREDENTIAL", f"{credential_kind!r} is not one of "
+                           f"{', '.join(CREDENTIAL_KINDS)}")
+        client_id = env.get("AZURE_CLIENT_ID") or None
+        tenant_id = env.get("AZURE_TENANT_ID") or None
+        certificate_path = env.get("AZURE_CLIENT_CERTIFICATE_PATH") or None
+        if credential_kind == "certificate":
+            for name, value in (("AZURE_TENANT_ID", tenant_id), ("AZURE_CLIENT_ID", client_id),
+                                ("AZURE_CLIENT_CERTIFICATE_PATH", certificate_path)):
+                if not value:
+                    reader.problem(name, "is required when PHOTO_SYNC_CREDENTIAL=certificate")
+
+        sizes = reader.int_list("THUMBNAIL_SIZES", DEFAULT_THUMBNAIL_SIZES)
+        if len(sizes) != 3 or sorted(sizes) != list(sizes) or not all(16 <= s <= 1024 for s in sizes):
+            reader.problem("THUMBNAIL_SIZES", "expects three increasing pixel sizes between 16 and "
+                           "1024 for the S, M and L thumbnails, e.g. 48,72,200")
+            sizes = DEFAULT_THUMBNAIL_SIZES
+
+        client_state = env.get("GRAPH_CLIENT_STATE") or None
+        if client_state is not None and not 16 <= len(client_state) <= 128:
+            reader.problem("GRAPH_CLIENT_STATE", "must be 16 to 128 characters (Graph allows 128)")
+        notification_url = reader.url("NOTIFICATION_URL", None)
+        lifecycle_default = _sibling_route(notification_url, "lifecycle") if notification_url else None
+        lifecycle_url = reader.url("LIFECYCLE_NOTIFICATION_URL", lifecycle_default)
+
+        settings = cls(
+            storage=storage,
+            queue_name=queue_name,
+            state_table=state_table,
+            graph_base_url=graph_base_url or DEFAULT_GRAPH_BASE_URL,
+            mysite_url=mysite_url or "",
+            admin_url=admin_url or "",
+            photos_folder=reader.text("SHAREPOINT_PHOTOS_FOLDER", DEFAULT_PHOTOS_FOLDER).strip("/"),
+            thumbnail_sizes=(sizes[0], sizes[1], sizes[2]),
+            credential_kind=credential_kind,
+            client_id=client_id,
+            tenant_id=tenant_id,
+            certificate_path=certificate_path,
+            max_photo_bytes=reader.positive_int("MAX_PHOTO_BYTES", 10 * 1024 * 1024),
+            max_photo_pixels=reader.positive_int("MAX_PHOTO_PIXELS", 40_000_000),
+            client_state=client_state,
+            notification_url=notification_url,
+            lifecycle_notification_url=lifecycle_url,
+            reconcile_schedule=reader.text("RECONCILE_SCHEDULE", DEFAULT_RECONCILE_SCHEDULE),
+            include_guests=reader.flag("SYNC_INCLUDE_GUESTS", True),
+            enabled_only=reader.flag("SYNC_ENABLED_ONLY", True),
+            include_groups=reader.id_list("SYNC_INCLUDE_GROUPS"),
+            exclude_groups=reader.id_list("SYNC_EXCLUDE_GROUPS"),
+        )
+        if reader.problems:
+            raise SettingsError(reader.problems)
+        return settings
+
+
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+class _Reader:
+    """Reads typed values and collects problems instead of stopping at the first."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.problems: list[str] = []
+        self.named: set[str] = set()
+
+    def problem(self, name: str, message: str) -> None:
+        self.named.add(name)
+        self.problems.append(f"{name} {message}")
+
+    def text(self, name: str, default: str) -> str:
+        value = self.env.get(name)
+        if value is None or value.strip() == "":
+            return default
+        return value.strip()
+
+    def url(self, name: str, default: str | None) -> str | None:
+        value = (self.env.get(name) or "").strip() or default
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            self.problem(name, f"{value!r} is not an absolute http(s) URL")
+            return None
+        if parts.scheme == "http" and not loopback:
+            self.problem(name, f"{value!r} must use https (plain http is only allowed on loopback)")
+            return None
+        if parts.query or parts.fragment:
+            self.problem(name, f"{value!r} must not carry a query string or fragment")
+            return None
+        return value.rstrip("/")
+
+    def int_list(self, name: str, default: tuple[int, ...]) -> list[int]:
+        raw = self.env.get(name)
+        if not raw:
+            return list(default)
+        try:
+            return [int(part) for part in raw.replace(";", ",").split(",") if part.strip()]
+        except ValueError:
+            self.problem(name, f"{raw!r} is not a comma-separated list of whole numbers")
+            return list(default)
+
+    def positive_int(self, name: str, default: int) -> int:
+        raw = self.env.get(name)
+        if not raw:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            value = 0
+        if value <= 0:
+            self.problem(name, f"{raw!r} is not a positive whole number")
+            return default
+        return value
+
+    def flag(self, name: str, default: bool) -> bool:
+        raw = (self.env.get(name) or "").strip().lower()
+        if not raw:
+            return default
+        if raw in ("1", "true", "yes", "on"):
+            return True
+        if raw in ("0", "false", "no", "off"):
+            return False
+        self.problem(name, f"{raw!r} is not true or false")
+        return default
+
+    def id_list(self, name: str) -> tuple[str, ...]:
+        raw = self.env.get(name) or ""
+        ids = tuple(part.strip() for part in raw.split(",") if part.strip())
+        bad = [i for i in ids if not _GUID.match(i)]
+        if bad:
+            self.problem(name, f"holds values that are not group object ids: {', '.join(bad)}")
+        return ids
+
+
+def _read_storage(reader: _Reader) -> StorageSettings:
+    """AzureWebJobsStorage as a connection string, or identity-based (`__queueServiceUri` ...)."""
+    connection = (reader.env.get("AzureWebJobsStorage") or "").strip()
+    if connection:
+        if "AccountName=" not in connection and "UseDevelopmentStorage=true" not in connection \
+                and "QueueEndpoint=" not in connection:
+            reader.problem("AzureWebJobsStorage", "is not a storage connection string")
+        return StorageSettings(connection_string=connection)
+    queue_uri = (reader.env.get("AzureWebJobsStorage__queueServiceUri") or "").strip()
+    table_uri = (reader.env.get("AzureWebJobsStorage__tableServiceUri") or "").strip()
+    if queue_uri and table_uri:
+        return StorageSettings(
+            connection_string=None,
+            queue_service_uri=queue_uri,
+            table_service_uri=table_uri,
+            client_id=reader.env.get("AzureWebJobsStorage__clientId") or None,
+        )
+    reader.problem("AzureWebJobsStorage", "is required: a connection string, or the identity-based "
+                   "AzureWebJobsStorage__queueServiceUri and AzureWebJobsStorage__tableServiceUri")
+    return StorageSettings(connection_string=None)
+
+
+def _derive_admin_url(mysite_url: str) -> str | None:
+    """contoso-my.sharepoint.com -> contoso-admin.sharepoint.com (also for sovereign clouds)."""
+    parts = urlsplit(mysite_url)
+    host = parts.hostname or ""
+    if "-my." in host:
+        return f"{parts.scheme}://{parts.netloc.replace('-my.', '-admin.', 1)}"
+    return None
+
+
+def _sibling_route(url: str, route: str) -> str:
+    parts = urlsplit(url)
+    path = parts.path.rsplit("/", 1)[0]
+    return f"{parts.scheme}://{parts.netloc}{path}/{route}"

@@ -1,0 +1,194 @@
+"""Sync one user: the only place that orders Graph, Pillow, SharePoint and state.
+
+Order matters for what people see: thumbnails are uploaded before a profile is pointed at them, and a
+profile is unlinked before its thumbnails are deleted, so no people card ever shows a missing file.
+Errors a retry may fix (throttling past retries, 5xx, network) raise, so the queue message returns
+and is retried; everything else is an Outcome recorded in the state table.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+
+from .credentials import CachingCredential, build_credential
+from .graph import DirectoryUser, GraphDirectory
+from .queue import SyncRequest
+from .settings import Settings
+from .sharepoint import (
+    PICTURE_TIMESTAMP,
+    PICTURE_URL,
+    PLACEHOLDER_STATE,
+    Profile,
+    ProfileWriteRefused,
+    SharePointProfiles,
+)
+from .state import StateStore, UserState
+from .thumbnails import ImageRejected, Thumbnails, make_thumbnails, placeholder_thumbnails
+
+log = logging.getLogger("photo_sync.sync")
+
+
+class Outcome(StrEnum):
+    UPDATED = "updated"
+    UNCHANGED = "unchanged"
+    PHOTO_REMOVED = "photo_removed"
+    NO_PHOTO = "no_photo"
+    NEEDS_PROFILE_LINK = "needs_profile_link"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """One user's outcome, with a reason a person can act on."""
+
+    user_id: str
+    upn: str
+    outcome: Outcome
+    reason: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return {"userId": self.user_id, "upn": self.upn, "outcome": self.outcome.value,
+                "reason": self.reason}
+
+
+ResultFor = Callable[..., SyncResult]  # `result(outcome, reason)` bound to one user
+
+
+@dataclass
+class SyncContext:
+    """The clients one sync needs; opened once per invocation or CLI run."""
+
+    settings: Settings
+    graph: GraphDirectory
+    sharepoint: SharePointProfiles
+    state: StateStore
+
+
+@asynccontextmanager
+async def open_context(settings: Settings,
+                       credential: CachingCredential | None = None) -> AsyncIterator[SyncContext]:
+    credential = credential or build_credential(settings)
+    context = SyncContext(settings=settings,
+                          graph=GraphDirectory(settings, credential),
+                          sharepoint=SharePointProfiles.from_settings(settings, credential),
+                          state=StateStore.from_settings(settings))
+    try:
+        yield context
+    finally:
+        await context.sharepoint.close()
+        await context.state.close()
+        await context.graph.close()
+
+
+async def sync_user(context: SyncContext, request: SyncRequest, dry_run: bool = False) -> SyncResult:
+    """Bring one user's SharePoint picture in line with their Microsoft 365 photo."""
+    user = await context.graph.get_user(request.user_id)
+    if user is None:
+        return SyncResult(request.user_id, "", Outcome.SKIPPED, "no such user in the directory")
+    if not user.account_enabled:
+        return SyncResult(user.id, user.upn, Outcome.SKIPPED, "account is disabled")
+    state = await context.state.get(user.id) or UserState(user_id=user.id)
+    state.upn = user.upn
+    result = await _sync(context, user, state, request.force, dry_run)
+    if not dry_run:
+        if result.outcome is not Outcome.UNCHANGED:
+            state.outcome, state.reason = result.outcome.value, result.reason
+        await context.state.save(state)
+    log.info("sync finished", extra={"user_id": user.id, "reason": request.reason,
+                                     "outcome": result.outcome.value, "detail": result.reason})
+    return result
+
+
+async def _sync(context: SyncContext, user: DirectoryUser, state: UserState, force: bool,
+                dry_run: bool) -> SyncResult:
+    def result(outcome: Outcome, reason: str = "") -> SyncResult:
+        return SyncResult(user.id, user.upn, outcome, reason)
+
+    etag = await context.graph.get_photo_etag(user.id)
+    if etag and etag == state.seen_etag and not force:
+        last = f" (last outcome: {state.outcome})" if state.outcome not in ("", "updated") else ""
+        return result(Outcome.UNCHANGED, "photo etag unchanged" + last)
+    data = await context.graph.get_photo_bytes(user.id) if etag else None
+    if data is None:
+        if etag:
+            return result(Outcome.FAILED, "Graph lists a photo but returned no bytes")
+        return await _remove(context, user, state, dry_run, result)
+
+    try:
+        thumbnails = make_thumbnails(data, context.settings.thumbnail_sizes,
+                                     max_bytes=context.settings.max_photo_bytes,
+                                     max_pixels=context.settings.max_photo_pixels)
+    except ImageRejected as rejected:
+        state.seen_etag = etag  # this photo will never work: do not download it again
+        return result(Outcome.FAILED, f"photo refused: {rejected}")
+
+    profile = await context.sharepoint.get_profile(user.upn)
+    if profile is None:  # not seen: try again once SharePoint has created the profile
+        return result(Outcome.SKIPPED, "SharePoint has no user profile for this account yet")
+    state.seen_etag = etag
+    picture_url = context.sharepoint.picture_url(user.upn)
+    same_pixels = thumbnails.digest == state.uploaded_hash
+    if same_pixels and profile.links_to(picture_url) and not force:
+        return result(Outcome.UNCHANGED, "new etag, same picture")
+    if dry_run:
+        return result(Outcome.UPDATED, "dry run: would upload thumbnails")
+
+    await _upload(context, user.upn, thumbnails)
+    state.uploaded_etag, state.uploaded_hash = etag, thumbnails.digest
+    return await _link(context, user.upn, profile, picture_url, result)
+
+
+async def _upload(context: SyncContext, upn: str, thumbnails: Thumbnails) -> None:
+    for suffix, data in thumbnails.by_suffix().items():
+        await context.sharepoint.upload(upn, suffix, data)
+
+
+async def _link(context: SyncContext, upn: str, profile: Profile, picture_url: str,
+                result: ResultFor) -> SyncResult:
+    """Point the profile at the M thumbnail unless it already is; app-only tokens may not."""
+    if profile.links_to(picture_url):
+        return result(Outcome.UPDATED, "thumbnails replaced")
+    try:
+        await context.sharepoint.set_property(upn, PICTURE_URL, picture_url)
+        await context.sharepoint.set_property(upn, PLACEHOLDER_STATE, "0")
+        await context.sharepoint.set_property(upn, PICTURE_TIMESTAMP, str(int(time.time())))
+    except ProfileWriteRefused as refused:
+        return result(Outcome.NEEDS_PROFILE_LINK,
+                      f"thumbnails uploaded; profile still on a placeholder ({refused}). "
+                      "Run `python -m shared link-profiles` as a SharePoint administrator")
+    return result(Outcome.UPDATED, "thumbnails uploaded and profile linked")
+
+
+async def _remove(context: SyncContext, user: DirectoryUser, state: UserState, dry_run: bool,
+                  result: ResultFor) -> SyncResult:
+    """The user has no photo. If we had put one in SharePoint, take it away without breaking links."""
+    had_photo = bool(state.uploaded_hash)
+    state.seen_etag = ""
+    if not had_photo:
+        return result(Outcome.NO_PHOTO, "no photo in Microsoft 365")
+    if dry_run:
+        return result(Outcome.PHOTO_REMOVED, "dry run: would remove the thumbnails")
+    sharepoint = context.sharepoint
+    profile = await sharepoint.get_profile(user.upn)
+    if profile and profile.links_to(sharepoint.picture_url(user.upn)):
+        try:
+            await sharepoint.set_property(user.upn, PICTURE_URL, "")
+            await sharepoint.set_property(user.upn, PLACEHOLDER_STATE, "1")
+        except ProfileWriteRefused:
+            # The profile keeps pointing at our files: replace the picture instead of deleting it.
+            await _upload(context, user.upn, placeholder_thumbnails(context.settings.thumbnail_sizes))
+            state.uploaded_etag = state.uploaded_hash = ""
+            return result(Outcome.PHOTO_REMOVED, "photo replaced by a neutral placeholder; "
+                          "the profile link stays until an administrator unlinks it")
+    for suffix in ("S", "M", "L"):
+        await sharepoint.delete(user.upn, suffix)
+    state.uploaded_etag = state.uploaded_hash = ""
+    return result(Outcome.PHOTO_REMOVED, "thumbnails deleted and profile set to placeholder")
+
+
