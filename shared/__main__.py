@@ -1,0 +1,163 @@
+"""Command line: `python -m shared sync|status ...`, running the same code as the triggers.
+
+Reads the same app settings as the Function App (environment variables); `--json` prints
+machine-readable output; the exit code is 1 when any user failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import AsyncIterator, Sequence
+
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from .graph import GraphError
+from .handlers import get_credential, get_settings
+from .queue import InvalidMessage, SyncRequest, check_user_key
+from .settings import SettingsError
+from .sharepoint import SharePointError
+from .state import StateStore, UserState
+from .sync import Outcome, SyncContext, SyncResult, open_context, sync_user
+
+CONCURRENCY = 8  # Graph photo endpoints allow 4 concurrent requests per mailbox; users differ
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        get_settings()
+    except SettingsError as error:
+        print(error, file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(args.run(args))
+    except InvalidMessage as error:
+        parser.error(str(error))
+    return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m shared",
+                                     description="Copy Microsoft 365 photos into SharePoint Online.")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    sync = commands.add_parser("sync", help="sync users now, without the queue")
+    sync.add_argument("users", nargs="*", metavar="USER", help="object id or UPN")
+    sync.add_argument("--all", action="store_true", help="every user in scope")
+    sync.add_argument("--force", action="store_true", help="upload even when nothing changed")
+    sync.add_argument("--dry-run", action="store_true", help="read only; say what would happen")
+    sync.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    sync.set_defaults(run=_sync_command)
+
+    status = commands.add_parser("status", help="what photo-sync last did for users")
+    status.add_argument("users", nargs="*", metavar="USER", help="object id (default: everyone)")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(run=_status_command)
+    return parser
+
+
+async def _sync_command(args: argparse.Namespace) -> int:
+    if bool(args.users) == bool(args.all):
+        raise InvalidMessage("give one or more USERs, or --all")
+    users = [check_user_key(u) for u in args.users]
+    console = Console(stderr=True)
+    results: list[SyncResult] = []
+    async with open_context(get_settings(), get_credential()) as context:
+        keys = _all_user_ids(context) if args.all else _each(users)
+        with Progress(console=console, transient=True, disable=args.json or not args.all) as bar:
+            task = bar.add_task("syncing", total=None if args.all else len(users))
+            async for result in _sync_many(context, keys, args.force, args.dry_run):
+                results.append(result)
+                bar.advance(task)
+    _print_results(results, args.json)
+    return 1 if any(r.outcome is Outcome.FAILED for r in results) else 0
+
+
+async def _each(items: list[str]) -> AsyncIterator[str]:
+    for item in items:
+        yield item
+
+
+async def _all_user_ids(context: SyncContext) -> AsyncIterator[str]:
+    settings = context.settings
+    async for user in context.graph.iter_users(enabled_only=settings.enabled_only,
+                                               include_guests=settings.include_guests):
+        yield user.id
+
+
+async def _sync_many(context: SyncContext, keys: AsyncIterator[str], force: bool,
+                     dry_run: bool) -> AsyncIterator[SyncResult]:
+    """Sync users CONCURRENCY at a time; a transient error becomes that user's `failed` outcome."""
+    gate = asyncio.Semaphore(CONCURRENCY)
+
+    async def one(key: str) -> SyncResult:
+        async with gate:
+            try:
+                return await sync_user(context, SyncRequest(key, "manual", force), dry_run=dry_run)
+            except (GraphError, SharePointError, OSError) as error:
+                return SyncResult(key, "", Outcome.FAILED, str(error))
+
+    pending: set[asyncio.Task[SyncResult]] = set()
+    async for key in keys:
+        pending.add(asyncio.ensure_future(one(key)))
+        if len(pending) >= CONCURRENCY * 2:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                yield task.result()
+    for task in asyncio.as_completed(pending):
+        yield await task
+
+
+def _print_results(results: list[SyncResult], as_json: bool) -> None:
+    if as_json:
+        for result in results:
+            print(json.dumps(result.as_dict()))
+        return
+    table = Table("user", "outcome", "reason")
+    for result in results:
+        style = {"failed": "red", "updated": "green", "needs_profile_link": "yellow"}.get(
+            result.outcome.value, "")
+        table.add_row(result.upn or result.user_id, f"[{style}]{result.outcome.value}[/]"
+                      if style else result.outcome.value, result.reason)
+    Console().print(table)
+    counts: dict[str, int] = {}
+    for result in results:
+        counts[result.outcome.value] = counts.get(result.outcome.value, 0) + 1
+    Console().print(", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items())) or "no users")
+
+
+async def _status_command(args: argparse.Namespace) -> int:
+    store = StateStore.from_settings(get_settings())
+    try:
+        if args.users:
+            rows = [s for s in [await store.get(check_user_key(u)) for u in args.users] if s]
+        else:
+            rows = [s async for s in store.all_users()]
+    finally:
+        await store.close()
+    _print_states(rows, args.json)
+    return 0
+
+
+def _print_states(rows: list[UserState], as_json: bool) -> None:
+    if as_json:
+        for row in rows:
+            print(json.dumps({"userId": row.user_id, "upn": row.upn, "outcome": row.outcome,
+                              "reason": row.reason, "photoEtag": row.seen_etag,
+                              "updatedAt": row.updated_at.isoformat()}))
+        return
+    table = Table("user", "outcome", "last change", "reason")
+    for row in rows:
+        table.add_row(row.upn or row.user_id, row.outcome, row.updated_at.strftime("%Y-%m-%d %H:%M"),
+                      row.reason)
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

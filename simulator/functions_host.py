@@ -1,0 +1,222 @@
+"""A small stand-in for the Azure Functions host, for the demo and tests (Core Tools can't run here).
+
+It reads the trigger metadata that function_app.py declares, serves the HTTP routes on loopback with
+real `azure.functions.HttpRequest` objects (checking function keys like the host does), and runs a
+queue worker that polls Azurite, decodes base64, retries with the host.json visibility timeout and
+moves a message to `<queue>-poison` after `maxDequeueCount`, as the Functions host would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import azure.functions as func
+from azure.functions.queue import QueueMessage  # the class the Python worker hands to functions
+from azure.core.exceptions import ResourceExistsError
+from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
+from azure.storage.queue.aio import QueueClient
+
+ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger("photo_sync.local_host")
+
+
+def _setting_expression(value: str) -> str:
+    """Resolve a binding's `%SETTING%` expression from the environment, like the host does."""
+    match = re.fullmatch(r"%(\w+)%", value)
+    if not match:
+        return value
+    name = match.group(1)
+    if name not in os.environ:
+        raise RuntimeError(f"binding expression {value} needs app setting {name}")
+    return os.environ[name]
+
+
+def host_queue_options() -> dict[str, Any]:
+    with open(ROOT / "host.json") as handle:
+        queues: dict[str, Any] = json.load(handle)["extensions"]["queues"]
+    return queues
+
+
+def _timespan_seconds(value: str) -> float:
+    hours, minutes, seconds = value.split(":")
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+@dataclass
+class HttpRoute:
+    name: str
+    route: str
+    methods: set[str]
+    auth_level: str
+    function: Callable[[func.HttpRequest], Awaitable[func.HttpResponse]]
+
+
+def http_routes(app: func.FunctionApp) -> list[HttpRoute]:
+    routes = []
+    for function in app.get_functions():
+        trigger = function.get_trigger()
+        if trigger.get_binding_name() != "httpTrigger":
+            continue
+        data = trigger.get_dict_repr()
+        methods = {str(getattr(m, "value", m)).upper() for m in data.get("methods") or ["GET", "POST"]}
+        auth = str(getattr(data.get("authLevel"), "value", data.get("authLevel") or "function"))
+        routes.append(HttpRoute(function.get_function_name(), data["route"], methods, auth.lower(),
+                                function.get_user_function()))
+    return routes
+
+
+class LocalHttpHost:
+    """Serves `/api/<route>` on 127.0.0.1; FUNCTION-level routes need `code=` or x-functions-key."""
+
+    def __init__(self, app: func.FunctionApp, function_key: str, port: int = 0) -> None:
+        self.routes = {r.route: r for r in http_routes(app)}
+        self.function_key = function_key
+        host = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
+                pass
+
+            def _serve(self) -> None:
+                host._handle(self)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server.daemon_threads = True
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def start(self) -> LocalHttpHost:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _handle(self, handler: BaseHTTPRequestHandler) -> None:
+        parts = urlsplit(handler.path)
+        params = dict(parse_qsl(parts.query, keep_blank_values=True))
+        route = self.routes.get(parts.path.removeprefix("/api/").strip("/"))
+        length = int(handler.headers.get("Content-Length") or 0)
+        body = handler.rfile.read(length) if length else b""
+        if route is None or handler.command not in route.methods:
+            return _reply(handler, 404, b"", "text/plain")
+        key = handler.headers.get("x-functions-key") or params.get("code")
+        if route.auth_level != "anonymous" and key != self.function_key:
+            return _reply(handler, 401, b"", "text/plain")
+        request = func.HttpRequest(method=handler.command, url=f"{self.url}{handler.path}",
+                                   headers=dict(handler.headers.items()), params=params, body=body)
+        try:
+            response = asyncio.run(route.function(request))
+        except Exception:  # the real host answers 500 and logs; so do we
+            log.exception("function %s failed", route.name)
+            return _reply(handler, 500, b"", "text/plain")
+        _reply(handler, response.status_code, response.get_body(),
+               response.mimetype or "text/plain", response.headers)
+
+
+def _reply(handler: BaseHTTPRequestHandler, status: int, body: bytes, content_type: str,
+           headers: Any = None) -> None:
+    handler.send_response(status)
+    handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Length", str(len(body)))
+    for name, value in (headers or {}).items():
+        if name.lower() not in ("content-type", "content-length"):
+            handler.send_header(name, value)
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+class QueueWorker:
+    """Drains the app's queue trigger the way the Functions host does (base64, retries, poison)."""
+
+    def __init__(self, app: func.FunctionApp, connection_string: str) -> None:
+        triggers = [f for f in app.get_functions() if f.get_trigger().get_binding_name() == "queueTrigger"]
+        if len(triggers) != 1:
+            raise RuntimeError("expected exactly one queue-triggered function")
+        function = triggers[0]
+        self.queue_name = _setting_expression(function.get_trigger().get_dict_repr()["queueName"])
+        self.function = function.get_user_function()
+        options = host_queue_options()
+        self.batch_size = int(options.get("batchSize", 16))
+        self.max_dequeue_count = int(options.get("maxDequeueCount", 5))
+        self.visibility_timeout = _timespan_seconds(options.get("visibilityTimeout", "00:00:00"))
+        policies = {"message_encode_policy": TextBase64EncodePolicy(),
+                    "message_decode_policy": TextBase64DecodePolicy()}
+        self.queue = QueueClient.from_connection_string(connection_string, self.queue_name, **policies)
+        self.poison = QueueClient.from_connection_string(connection_string, f"{self.queue_name}-poison",
+                                                         **policies)
+        self.processed = 0
+        self.failures = 0
+
+    async def __aenter__(self) -> QueueWorker:
+        for client in (self.queue, self.poison):
+            try:
+                await client.create_queue()
+            except ResourceExistsError:
+                pass
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.queue.close()
+        await self.poison.close()
+
+    async def run_once(self) -> int:
+        """Receive one batch and run the function on each message; return how many were received."""
+        messages = [m async for m in self.queue.receive_messages(
+            messages_per_page=self.batch_size, max_messages=self.batch_size,
+            visibility_timeout=max(int(self.visibility_timeout), 30))]
+        await asyncio.gather(*(self._run(m) for m in messages))
+        return len(messages)
+
+    async def drain(self, idle_rounds: int = 3, poll_interval: float = 0.2,
+                    timeout: float = 120) -> int:
+        """Process until the queue stays empty for `idle_rounds` polls; return messages handled."""
+        handled, idle = 0, 0
+        deadline = asyncio.get_running_loop().time() + timeout
+        while idle < idle_rounds and asyncio.get_running_loop().time() < deadline:
+            received = await self.run_once()
+            handled += received
+            idle = 0 if received else idle + 1
+            if not received:
+                await asyncio.sleep(poll_interval)
+        return handled
+
+    async def _run(self, message: Any) -> None:
+        body = message.content
+        request = QueueMessage(id=message.id, body=body.encode(), pop_receipt=message.pop_receipt,
+                               dequeue_count=message.dequeue_count,
+                               insertion_time=message.inserted_on,
+                               expiration_time=message.expires_on)
+        try:
+            await self.function(request)
+        except Exception as error:  # the host logs, lets the message reappear, then poisons it
+            self.failures += 1
+            log.warning("queue function failed (attempt %s of %s): %s", message.dequeue_count,
+                        self.max_dequeue_count, error)
+            if message.dequeue_count >= self.max_dequeue_count:
+                await self.poison.send_message(body)
+                await self.queue.delete_message(message)
+            else:
+                await self.queue.update_message(message, visibility_timeout=int(self.visibility_timeout))
+            return
+        self.processed += 1
+        await self.queue.delete_message(message)

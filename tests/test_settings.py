@@ -1,0 +1,67 @@
+"""Start-up errors name each bad setting; defaults match the docs."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.settings import Settings, SettingsError
+
+BASE = {
+    "AzureWebJobsStorage": "DefaultEndpointsProtocol=http;AccountName=a;AccountKey=b;",
+    "SHAREPOINT_MYSITE_URL": "https://contoso-my.sharepoint.com",
+}
+
+
+def test_defaults() -> None:
+    settings = Settings.from_env(BASE)
+    assert settings.queue_name == "photo-sync"
+    assert settings.poison_queue_name == "photo-sync-poison"
+    assert settings.graph_base_url == "https://graph.microsoft.com/v1.0"
+    assert settings.admin_url == "https://contoso-admin.sharepoint.com"
+    assert settings.photos_folder == "User Photos/Profile Pictures"
+    assert settings.thumbnail_sizes == (48, 72, 200)
+    assert settings.credential_kind == "managed-identity"
+
+
+def test_every_problem_is_named_at_once() -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({
+            "SHAREPOINT_MYSITE_URL": "not a url",
+            "PHOTO_SYNC_QUEUE": "Bad_Queue",
+            "PHOTO_SYNC_CREDENTIAL": "password",
+            "THUMBNAIL_SIZES": "48,x",
+            "GRAPH_BASE_URL": "http://graph.example.com/v1.0",
+        })
+    text = str(caught.value)
+    for name in ("AzureWebJobsStorage", "SHAREPOINT_MYSITE_URL", "PHOTO_SYNC_QUEUE",
+                 "PHOTO_SYNC_CREDENTIAL", "THUMBNAIL_SIZES", "GRAPH_BASE_URL"):
+        assert name in text
+
+
+def test_missing_queue_name_falls_back_but_blank_mysite_is_an_error() -> None:
+    with pytest.raises(SettingsError, match="SHAREPOINT_MYSITE_URL is required"):
+        Settings.from_env({**BASE, "SHAREPOINT_MYSITE_URL": ""})
+
+
+def test_certificate_credential_needs_its_three_settings() -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({**BASE, "PHOTO_SYNC_CREDENTIAL": "certificate"})
+    for name in ("AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_CERTIFICATE_PATH"):
+        assert name in str(caught.value)
+
+
+def test_identity_based_storage_is_accepted() -> None:
+    env = {"SHAREPOINT_MYSITE_URL": BASE["SHAREPOINT_MYSITE_URL"],
+           "AzureWebJobsStorage__queueServiceUri": "https://st.queue.core.windows.net",
+           "AzureWebJobsStorage__tableServiceUri": "https://st.table.core.windows.net"}
+    assert Settings.from_env(env).storage.connection_string is None
+
+
+def test_admin_url_must_be_set_when_it_cannot_be_derived() -> None:
+    with pytest.raises(SettingsError, match="SHAREPOINT_ADMIN_URL"):
+        Settings.from_env({**BASE, "SHAREPOINT_MYSITE_URL": "https://my.contoso.com"})
+
+
+def test_client_state_is_never_in_the_repr() -> None:
+    settings = Settings.from_env({**BASE, "GRAPH_CLIENT_STATE": "s3cret-client-state-value"})
+    assert "s3cret" not in repr(settings)
