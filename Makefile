@@ -1,0 +1,34 @@
+# photo-sync: `make demo` shows it end to end with no tenant; `make test` runs the tests.
+# Both set up what they need: a Python venv from requirements and Azurite from npm.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: setup demo test bench bench-large clean
+
+setup: $(VENV)/.installed node_modules/.bin/azurite
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+node_modules/.bin/azurite: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+demo: setup
+	$(BIN)/python -m simulator.demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python -m bench.run --sizes 1000,10000
+
+bench-large: setup
+	$(BIN)/python -m bench.run --sizes 1000,10000,100000
+
+clean:
+	rm -rf $(VENV) node_modules .run
