@@ -1,8 +1,9 @@
-"""photo-sync triggers and bindings. All logic lives in the `shared` package."""
+"""photo-sync triggers and bindings. Each function hands over to `shared.handlers` in a line or two."""
 
 from __future__ import annotations
 
 import json
+import logging
 
 import azure.functions as func
 
@@ -15,6 +16,11 @@ def _json(status: int, body: dict[str, object]) -> func.HttpResponse:
     return func.HttpResponse(json.dumps(body), status_code=status, mimetype="application/json")
 
 
+def _text(answer: tuple[int, str, str]) -> func.HttpResponse:
+    status, mimetype, body = answer
+    return func.HttpResponse(body, status_code=status, mimetype=mimetype)
+
+
 @app.function_name("sync_photo")
 @app.queue_trigger(arg_name="msg", queue_name="%PHOTO_SYNC_QUEUE%", connection="AzureWebJobsStorage")
 async def sync_photo(msg: func.QueueMessage) -> None:
@@ -25,6 +31,37 @@ async def sync_photo(msg: func.QueueMessage) -> None:
 @app.function_name("sync_now")
 @app.route(route="sync", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 async def sync_now(req: func.HttpRequest) -> func.HttpResponse:
-    """Manual trigger: queue some users, or everyone, for a sync."""
-    status, body = await handlers.handle_sync_request(req.get_body())
-    return _json(status, body)
+    """Manual trigger: queue some users, or a reconciliation of everyone."""
+    return _json(*await handlers.handle_sync_request(req.get_body()))
+
+
+@app.function_name("graph_webhook")
+@app.route(route="notifications", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+async def graph_webhook(req: func.HttpRequest) -> func.HttpResponse:
+    """Graph change notifications (anonymous: Graph sends no key; clientState authenticates)."""
+    return _text(await handlers.handle_notification(dict(req.params), req.get_body()))
+
+
+@app.function_name("graph_lifecycle")
+@app.route(route="lifecycle", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+async def graph_lifecycle(req: func.HttpRequest) -> func.HttpResponse:
+    """Graph lifecycle notifications: reauthorize, recreate, reconcile after missed changes."""
+    return _text(await handlers.handle_lifecycle(dict(req.params), req.get_body()))
+
+
+@app.function_name("control")
+@app.queue_trigger(arg_name="msg", queue_name="%PHOTO_SYNC_QUEUE%-control",
+                   connection="AzureWebJobsStorage")
+async def control(msg: func.QueueMessage) -> None:
+    """Long jobs off the request path: reconciliations and lifecycle events."""
+    outcome = await handlers.handle_control_message(msg.get_body())
+    logging.getLogger("photo_sync").info("control message handled", extra=outcome)
+
+
+@app.function_name("reconcile")
+@app.timer_trigger(arg_name="timer", schedule="%RECONCILE_SCHEDULE%", run_on_startup=False)
+async def reconcile(timer: func.TimerRequest) -> None:
+    """Renew the Graph subscription and catch every change notifications missed."""
+    outcome = await handlers.handle_timer()
+    logging.getLogger("photo_sync").info("timer run finished", extra={"result": outcome,
+                                                                      "past_due": timer.past_due})

@@ -7,19 +7,25 @@ Throttling (429/503/504 with Retry-After) is retried by the SDK's own RetryHandl
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
-from urllib.parse import urlsplit
+from datetime import datetime
+from typing import Any, TypeVar
+from urllib.parse import quote, urlsplit
 
 import httpx
 from kiota_abstractions.base_request_configuration import RequestConfiguration
+from kiota_abstractions.method import Method
+from kiota_abstractions.request_information import RequestInformation
 from kiota_authentication_azure.azure_identity_authentication_provider import (
     AzureIdentityAuthenticationProvider,
 )
 from kiota_http.middleware.options import RetryHandlerOption
 from msgraph import GraphRequestAdapter, GraphServiceClient
 from msgraph.generated.models.o_data_errors.o_data_error import ODataError
+from msgraph.generated.models.subscription import Subscription
 from msgraph.generated.models.user import User
 from msgraph.generated.users.item.user_item_request_builder import UserItemRequestBuilder
 from msgraph.generated.users.users_request_builder import UsersRequestBuilder
@@ -29,6 +35,9 @@ from .credentials import CachingCredential, scope_for
 from .settings import Settings
 
 USER_FIELDS = ["id", "userPrincipalName", "displayName", "mail", "accountEnabled", "userType"]
+BATCH_SIZE = 20  # Graph's JSON $batch limit
+BATCH_ATTEMPTS = 4  # throttled batch items are retried after their own Retry-After, this often
+MAX_RETRY_AFTER_SECONDS = 120.0
 PAGE_SIZE = 999  # Graph's maximum $top for users
 PREFERRED_PHOTO_SIZE = "648x648"  # the largest size Graph serves; enough for a 200 px thumbnail
 T = TypeVar("T")
@@ -100,23 +109,37 @@ class GraphDirectory:
 
     async def iter_users(self, *, enabled_only: bool, include_guests: bool,
                          page_size: int = PAGE_SIZE) -> AsyncIterator[DirectoryUser]:
-        """Every user in scope, one page in memory at a time (follows @odata.nextLink)."""
+        """Every user in scope, one page in memory at a time."""
+        async for page, _next in self.iter_user_pages(enabled_only=enabled_only,
+                                                      include_guests=include_guests,
+                                                      page_size=page_size):
+            for user in page:
+                yield user
+
+    async def iter_user_pages(self, *, enabled_only: bool, include_guests: bool,
+                              page_size: int = PAGE_SIZE, start_link: str | None = None
+                              ) -> AsyncIterator[tuple[list[DirectoryUser], str | None]]:
+        """Pages of users in scope with the `@odata.nextLink` that follows each (None at the end).
+
+        `start_link` resumes from a next link saved by an earlier, interrupted run.
+        """
         clauses = (["accountEnabled eq true"] if enabled_only else []) + \
                   ([] if include_guests else ["userType eq 'Member'"])
         config = RequestConfiguration(
             query_parameters=UsersRequestBuilder.UsersRequestBuilderGetQueryParameters(
                 select=USER_FIELDS, top=page_size, filter=" and ".join(clauses) or None))
-        builder = self.client.users
+        users = self.client.users
         try:
-            page = await self._call(lambda: builder.get(config))
+            if start_link:
+                page = await self._call(users.with_url(start_link).get)
+            else:
+                page = await self._call(lambda: users.get(config))
             while page is not None:
-                for user in page.value or []:
-                    if user.id:
-                        yield _directory_user(user)
-                if not page.odata_next_link:
+                next_link = page.odata_next_link or None
+                yield [_directory_user(u) for u in page.value or [] if u.id], next_link
+                if not next_link:
                     break
-                next_page = builder.with_url(page.odata_next_link)
-                page = await self._call(next_page.get)
+                page = await self._call(users.with_url(next_link).get)
         except ODataError as error:
             raise _as_graph_error(error, "listing users") from None
 
@@ -150,6 +173,118 @@ class GraphDirectory:
             if data is not None:
                 return data
         return None
+
+
+    async def photo_etags(self, user_ids: Sequence[str]) -> dict[str, str | None]:
+        """Photo etags of up to 20 users in one JSON $batch; None for users without a photo.
+
+        Throttled items come back as 429 inside a 200 batch response and the SDK does not retry
+        them, so they are retried here after the longest Retry-After they carry.
+        """
+        if len(user_ids) > BATCH_SIZE:
+            raise ValueError(f"at most {BATCH_SIZE} users per batch")
+        etags: dict[str, str | None] = {}
+        pending = list(user_ids)
+        for _attempt in range(BATCH_ATTEMPTS):
+            responses = await self._batch([f"/users/{quote(u, safe='')}/photo" for u in pending])
+            throttled, wait = [], 0.0
+            for index, user_id in enumerate(pending):
+                status, headers, body = responses.get(str(index), (0, {}, None))
+                if status == 200 and isinstance(body, dict):
+                    etag = body.get("@odata.mediaEtag")
+                    etags[user_id] = str(etag) if etag and body.get("id") != "1x1" else None
+                elif status == 404:
+                    etags[user_id] = None
+                elif status in (429, 503, 504):
+                    throttled.append(user_id)
+                    wait = max(wait, _retry_after(headers))
+                else:
+                    code = body.get("error", {}).get("code") if isinstance(body, dict) else None
+                    raise GraphError(f"Graph answered {status} for a photo in a batch ({code})")
+            if not throttled:
+                return etags
+            await asyncio.sleep(wait)
+            pending = throttled
+        raise GraphError(f"{len(pending)} photo lookups still throttled after {BATCH_ATTEMPTS} tries")
+
+    async def _batch(self, urls: list[str]) -> dict[str, tuple[int, dict[str, str], Any]]:
+        """POST a JSON $batch of GETs through the SDK's adapter (auth, retries of the whole batch)."""
+        payload = {"requests": [{"id": str(i), "method": "GET", "url": url}
+                                for i, url in enumerate(urls)]}
+        info = RequestInformation(Method.POST, "{+baseurl}/$batch")
+        info.path_parameters["baseurl"] = self.client.request_adapter.base_url
+        info.headers.try_add("Accept", "application/json")
+        info.set_stream_content(json.dumps(payload).encode(), "application/json")
+        adapter = self.client.request_adapter
+        try:
+            raw = await self._call(lambda: adapter.send_primitive_async(
+                info, "bytes", {"XXX": ODataError}))
+        except ODataError as error:
+            raise _as_graph_error(error, "sending a $batch") from None
+        answer = json.loads(raw or b"{}")
+        return {str(r.get("id")): (int(r.get("status", 0)), r.get("headers") or {}, r.get("body"))
+                for r in answer.get("responses", [])}
+
+    # Subscriptions: change notifications for users
+
+    async def create_subscription(self, *, notification_url: str, lifecycle_url: str | None,
+                                  client_state: str, expires: datetime) -> Subscription:
+        subscription = Subscription(change_type="updated,deleted", resource="users",
+                                    notification_url=notification_url,
+                                    lifecycle_notification_url=lifecycle_url,
+                                    client_state=client_state, expiration_date_time=expires)
+        try:
+            created = await self._call(lambda: self.client.subscriptions.post(subscription))
+        except ODataError as error:
+            raise _as_graph_error(error, "creating the subscription") from None
+        assert created is not None
+        return created
+
+    async def get_subscription(self, subscription_id: str) -> Subscription | None:
+        try:
+            return await self._call(
+                lambda: self.client.subscriptions.by_subscription_id(subscription_id).get())
+        except ODataError as error:
+            if error.response_status_code == 404:
+                return None
+            raise _as_graph_error(error, "reading the subscription") from None
+
+    async def renew_subscription(self, subscription_id: str, expires: datetime) -> bool:
+        """Move the expiry; False when Graph no longer has the subscription."""
+        builder = self.client.subscriptions.by_subscription_id(subscription_id)
+        try:
+            await self._call(lambda: builder.patch(Subscription(expiration_date_time=expires)))
+        except ODataError as error:
+            if error.response_status_code == 404:
+                return False
+            raise _as_graph_error(error, "renewing the subscription") from None
+        return True
+
+    async def reauthorize_subscription(self, subscription_id: str) -> bool:
+        builder = self.client.subscriptions.by_subscription_id(subscription_id)
+        try:
+            await self._call(lambda: builder.reauthorize.post())
+        except ODataError as error:
+            if error.response_status_code == 404:
+                return False
+            raise _as_graph_error(error, "reauthorizing the subscription") from None
+        return True
+
+    async def delete_subscription(self, subscription_id: str) -> None:
+        builder = self.client.subscriptions.by_subscription_id(subscription_id)
+        try:
+            await self._call(builder.delete)
+        except ODataError as error:
+            if error.response_status_code != 404:
+                raise _as_graph_error(error, "deleting the subscription") from None
+
+
+def _retry_after(headers: dict[str, str]) -> float:
+    value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
+    try:
+        return min(max(float(value), 0.0), MAX_RETRY_AFTER_SECONDS) if value else 2.0
+    except ValueError:
+        return 2.0
 
 
 def _directory_user(user: User) -> DirectoryUser:

@@ -9,13 +9,23 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
+
+from azure.core.exceptions import ResourceExistsError
 
 from .credentials import CachingCredential, build_credential
 from .graph import GraphDirectory
-from .queue import InvalidMessage, SyncQueue, SyncRequest, check_user_key
+from .notifications import (
+    MalformedNotification,
+    NotificationTooLarge,
+    parse_notifications,
+    validation_token,
+)
+from .queue import InvalidMessage, SyncQueue, SyncRequest, check_user_key, queue_client
+from .reconcile import ReconcileReport, reconcile
 from .settings import Settings
+from .state import StateStore
+from .subscriptions import SubscriptionStatus, ensure_subscription, reauthorize
 from .sync import SyncResult, open_context, sync_user
 
 log = logging.getLogger("photo_sync")
@@ -54,17 +64,22 @@ async def handle_sync_message(body: str | bytes, dequeue_count: int = 1) -> Sync
 
 
 async def handle_sync_request(body: bytes) -> tuple[int, dict[str, Any]]:
-    """POST /api/sync: `{"users": [...]}` or `{"all": true}`, optional `"force": true`."""
+    """POST /api/sync: `{"users": [...]}` or `{"all": true}`, optional `"force": true`.
+
+    Listed users are queued at once. `all` queues one reconciliation job on the control queue
+    (it pages through the tenant in the background, so the request answers in milliseconds
+    even for 100,000 users): with `force` every user is queued, else only changed photos.
+    """
     try:
         users, everyone, force = parse_sync_body(body)
     except InvalidMessage as error:
         return 400, {"error": str(error)}
     settings = get_settings()
+    if everyone:
+        await send_control(settings, {"action": "reconcile", "force": force})
+        return 202, {"queued": 0, "reconcile": "scheduled", "force": force}
     async with SyncQueue.from_settings(settings) as queue:
-        if everyone:
-            queued = await _enqueue_everyone(settings, queue, force)
-        else:
-            queued = await queue.send(SyncRequest(u, "manual", force) for u in users)
+        queued = await queue.send(SyncRequest(u, "manual", force) for u in users)
     return 202, {"queued": queued}
 
 
@@ -106,16 +121,143 @@ def parse_sync_body(body: bytes) -> tuple[list[str], bool, bool]:
     return list(dict.fromkeys(checked)), False, force
 
 
-async def _enqueue_everyone(settings: Settings, queue: SyncQueue, force: bool) -> int:
-    graph = GraphDirectory(settings, get_credential())
+# Graph change notifications
+
+async def handle_notification(params: dict[str, str], body: bytes) -> tuple[int, str, str]:
+    """POST /api/notifications -> (status, content type, body). No Graph or SharePoint call here:
+    Graph wants an answer within 3 seconds, so users are only queued."""
+    early = _handshake_or_refusal(params, body)
+    if early:
+        return early
+    settings = get_settings()
     try:
-        return await queue.send_all(_requests_for_everyone(settings, graph, force))
+        parsed = parse_notifications(body, settings.client_state or "", settings.tenant_id)
+    except NotificationTooLarge:
+        return 413, "text/plain", ""
+    except MalformedNotification as error:
+        log.warning("notification refused: %s", error)
+        return 400, "text/plain", ""
+    if parsed.rejected:
+        log.warning("notification items dropped", extra={"dropped": dict(parsed.rejected)})
+    if parsed.user_ids:
+        async with SyncQueue.from_settings(settings) as queue:
+            await queue.send(SyncRequest(u, "notification") for u in parsed.user_ids)
+    log.info("notifications queued", extra={"queued": len(parsed.user_ids)})
+    return 202, "text/plain", ""
+
+
+async def handle_lifecycle(params: dict[str, str], body: bytes) -> tuple[int, str, str]:
+    """POST /api/lifecycle: queue each lifecycle event for the control function."""
+    early = _handshake_or_refusal(params, body)
+    if early:
+        return early
+    settings = get_settings()
+    try:
+        parsed = parse_notifications(body, settings.client_state or "", settings.tenant_id)
+    except NotificationTooLarge:
+        return 413, "text/plain", ""
+    except MalformedNotification:
+        return 400, "text/plain", ""
+    for event, subscription_id in dict.fromkeys(parsed.lifecycle):
+        await send_control(settings, {"action": "lifecycle", "event": event,
+                                      "subscriptionId": subscription_id})
+    return 202, "text/plain", ""
+
+
+def _handshake_or_refusal(params: dict[str, str], body: bytes) -> tuple[int, str, str] | None:
+    """Answer Graph's validation handshake, or refuse when notifications are not configured."""
+    try:
+        token = validation_token(params)
+    except MalformedNotification:
+        return 400, "text/plain", ""
+    if token is not None:
+        return 200, "text/plain", token
+    if not get_settings().client_state:
+        log.error("a notification arrived but GRAPH_CLIENT_STATE is not set; refusing it")
+        return 403, "text/plain", ""
+    return None
+
+
+# Control queue: reconciliations and subscription lifecycle, off the request path
+
+def control_queue_name(settings: Settings) -> str:
+    return f"{settings.queue_name}-control"
+
+
+async def send_control(settings: Settings, message: dict[str, Any]) -> None:
+    client = queue_client(settings.storage, control_queue_name(settings))
+    async with client:
+        try:
+            await client.create_queue()
+        except ResourceExistsError:
+            pass
+        await client.send_message(json.dumps(message))
+
+
+async def handle_control_message(body: str | bytes) -> dict[str, Any]:
+    """Run a reconciliation or react to a lifecycle event; re-queue a paused reconciliation."""
+    try:
+        message = json.loads(body)
+        action = message["action"]
+    except (ValueError, KeyError, TypeError):
+        raise InvalidMessage("control message must be JSON with an \"action\"") from None
+    if action == "reconcile":
+        report = await run_reconcile(force=bool(message.get("force")))
+        return report.as_dict()
+    if action == "lifecycle":
+        status = await handle_lifecycle_event(message.get("event", ""),
+                                              message.get("subscriptionId", ""))
+        return status.as_dict()
+    raise InvalidMessage(f"unknown control action {action!r}")
+
+
+async def handle_lifecycle_event(event: str, subscription_id: str) -> SubscriptionStatus:
+    """reauthorizationRequired -> reauthorize/renew; subscriptionRemoved -> recreate; missed and
+    both others -> reconcile, because changes in the gap were not notified."""
+    settings = get_settings()
+    graph = GraphDirectory(settings, get_credential())
+    state = StateStore.from_settings(settings)
+    try:
+        if event == "reauthorizationRequired":
+            status = await reauthorize(settings, graph, state, subscription_id)
+        else:
+            status = await ensure_subscription(settings, graph, state)
     finally:
         await graph.close()
+        await state.close()
+    await send_control(settings, {"action": "reconcile", "force": False})
+    return status
 
 
-async def _requests_for_everyone(settings: Settings, graph: GraphDirectory,
-                                 force: bool) -> AsyncIterator[SyncRequest]:
-    async for user in graph.iter_users(enabled_only=settings.enabled_only,
-                                       include_guests=settings.include_guests):
-        yield SyncRequest(user.id, "manual", force)
+async def run_reconcile(force: bool = False, dry_run: bool = False,
+                        time_budget: float | None = None) -> ReconcileReport:
+    """One reconciliation slice; when it pauses at its time budget, queue the continuation."""
+    settings = get_settings()
+    graph = GraphDirectory(settings, get_credential())
+    state = StateStore.from_settings(settings)
+    queue = SyncQueue.from_settings(settings)
+    try:
+        kwargs = {} if time_budget is None else {"time_budget": time_budget}
+        report = await reconcile(settings, graph, state, queue, force=force, dry_run=dry_run,
+                                 **kwargs)
+    finally:
+        await graph.close()
+        await state.close()
+        await queue.close()
+    if not report.complete and not report.skipped and not dry_run:
+        await send_control(settings, {"action": "reconcile", "force": force})
+    return report
+
+
+async def handle_timer() -> dict[str, Any]:
+    """The timer: keep the subscription alive, then reconcile everyone."""
+    settings = get_settings()
+    graph = GraphDirectory(settings, get_credential())
+    state = StateStore.from_settings(settings)
+    try:
+        subscription = await ensure_subscription(settings, graph, state)
+    finally:
+        await graph.close()
+        await state.close()
+    report = await run_reconcile()
+    return {"subscription": subscription.as_dict(), "reconcile": report.as_dict()}

@@ -6,18 +6,23 @@ SharePoint request. One table, partition `user`, row key = Entra object id.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient
 
 from .settings import Settings, StorageSettings
 
 USER_PARTITION = "user"
+CONTROL_PARTITION = "control"
+# Table storage allows at most 15 discrete comparisons in one $filter.
+_FILTER_COMPARISONS = 15
 
 
 def utc_now() -> datetime:
@@ -49,6 +54,26 @@ class UserState:
         known = {f.name for f in fields(cls)} - {"user_id"}
         values = {k: v for k, v in entity.items() if k in known}
         return cls(user_id=entity["RowKey"], **values)
+
+
+@dataclass
+class SubscriptionRecord:
+    """The one Graph subscription photo-sync keeps alive."""
+
+    subscription_id: str
+    expires_at: datetime
+    notification_url: str
+
+
+@dataclass
+class ReconcileCursor:
+    """Where an unfinished reconciliation stopped, so the next run continues instead of restarting."""
+
+    next_link: str = ""
+    started_at: datetime | None = None
+    scanned: int = 0
+    queued: int = 0
+    last_completed_at: datetime | None = None
 
 
 def table_client(storage: StorageSettings, table_name: str) -> TableClient:
@@ -98,5 +123,103 @@ class StateStore:
         async for entity in self._client.query_entities(f"PartitionKey eq '{USER_PARTITION}'"):
             yield UserState.from_entity(dict(entity))
 
+    async def seen_etags(self, user_ids: Sequence[str]) -> dict[str, UserState]:
+        """States of many users with few requests (15 row keys per query, queries in parallel)."""
+        await self._ensure_table()
+        chunks = [user_ids[i:i + _FILTER_COMPARISONS]
+                  for i in range(0, len(user_ids), _FILTER_COMPARISONS)]
+
+        async def query(chunk: Sequence[str]) -> list[UserState]:
+            keys = " or ".join(f"RowKey eq '{_quote(u)}'" for u in chunk)
+            entities = self._client.query_entities(f"PartitionKey eq '{USER_PARTITION}' and ({keys})")
+            return [UserState.from_entity(dict(e)) async for e in entities]
+
+        found: dict[str, UserState] = {}
+        for states in await asyncio.gather(*(query(c) for c in chunks)):
+            found.update((s.user_id, s) for s in states)
+        return found
+
+    # Control rows: the subscription, the reconcile cursor and its lease
+
+    async def _control(self, name: str) -> dict[str, Any] | None:
+        await self._ensure_table()
+        try:
+            return dict(await self._client.get_entity(CONTROL_PARTITION, name))
+        except ResourceNotFoundError:
+            return None
+
+    async def get_subscription(self) -> SubscriptionRecord | None:
+        entity = await self._control("subscription")
+        if not entity:
+            return None
+        return SubscriptionRecord(entity["subscription_id"], entity["expires_at"],
+                                  entity.get("notification_url", ""))
+
+    async def save_subscription(self, record: SubscriptionRecord) -> None:
+        await self._ensure_table()
+        await self._client.upsert_entity({"PartitionKey": CONTROL_PARTITION, "RowKey": "subscription",
+                                          "subscription_id": record.subscription_id,
+                                          "expires_at": record.expires_at,
+                                          "notification_url": record.notification_url},
+                                         mode=UpdateMode.REPLACE)
+
+    async def forget_subscription(self) -> None:
+        await self._ensure_table()
+        await self._client.delete_entity(CONTROL_PARTITION, "subscription")
+
+    async def get_cursor(self) -> ReconcileCursor:
+        entity = await self._control("reconcile")
+        if not entity:
+            return ReconcileCursor()
+        return ReconcileCursor(next_link=entity.get("next_link", ""),
+                               started_at=entity.get("started_at"),
+                               scanned=int(entity.get("scanned", 0)),
+                               queued=int(entity.get("queued", 0)),
+                               last_completed_at=entity.get("last_completed_at"))
+
+    async def save_cursor(self, cursor: ReconcileCursor) -> None:
+        await self._ensure_table()
+        entity: dict[str, Any] = {"PartitionKey": CONTROL_PARTITION, "RowKey": "reconcile",
+                                  "next_link": cursor.next_link, "scanned": cursor.scanned,
+                                  "queued": cursor.queued}
+        for name in ("started_at", "last_completed_at"):
+            if getattr(cursor, name) is not None:
+                entity[name] = getattr(cursor, name)
+        await self._client.upsert_entity(entity, mode=UpdateMode.MERGE)
+
+    async def acquire_lease(self, name: str, owner: str, seconds: float) -> bool:
+        """Take a named lease unless another owner holds an unexpired one (optimistic concurrency)."""
+        await self._ensure_table()
+        row = f"lease-{name}"
+        expires = utc_now() + timedelta(seconds=seconds)
+        entity = {"PartitionKey": CONTROL_PARTITION, "RowKey": row, "owner": owner,
+                  "expires_at": expires}
+        try:
+            current = await self._client.get_entity(CONTROL_PARTITION, row)
+        except ResourceNotFoundError:
+            try:
+                await self._client.create_entity(entity)
+                return True
+            except ResourceExistsError:
+                return False
+        if current.get("owner") != owner and current["expires_at"] > utc_now():
+            return False
+        try:
+            await self._client.update_entity(entity, mode=UpdateMode.REPLACE,
+                                             etag=current.metadata["etag"],
+                                             match_condition=MatchConditions.IfNotModified)
+        except ResourceModifiedError:
+            return False
+        return True
+
+    async def release_lease(self, name: str, owner: str) -> None:
+        current = await self._control(f"lease-{name}")
+        if current and current.get("owner") == owner:
+            await self._client.delete_entity(CONTROL_PARTITION, f"lease-{name}")
+
     async def close(self) -> None:
         await self._client.close()
+
+
+def _quote(value: str) -> str:
+    return value.replace("'", "''")

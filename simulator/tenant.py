@@ -1,0 +1,160 @@
+"""Tenant model: users, options, the JSON tenant file and a large-tenant generator."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .images import PhotoSpec
+from .tokens import DEFAULT_TENANT_ID
+
+DEFAULT_FOLDER = "User Photos/Profile Pictures"
+
+
+@dataclass(slots=True)
+class User:
+    """A directory user as Graph and the SharePoint user profile see it."""
+
+    id: str
+    userPrincipalName: str
+    displayName: str
+    mail: str | None = None
+    userType: str = "Member"
+    accountEnabled: bool = True
+    photo: PhotoSpec | None = None
+    profile_linked: bool = True
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "User":
+        """Build from a tenant-file user entry (``id`` defaults to a UUID derived from the UPN)."""
+        upn = data["userPrincipalName"]
+        photo = data.get("photo")
+        return cls(
+            id=data.get("id") or str(uuid.uuid5(uuid.NAMESPACE_URL, "user:" + upn.lower())),
+            userPrincipalName=upn,
+            displayName=data.get("displayName") or upn.split("@")[0],
+            mail=data.get("mail", None if "#EXT#" in upn else upn),
+            userType=data.get("userType", "Member"),
+            accountEnabled=bool(data.get("accountEnabled", True)),
+            photo=PhotoSpec.from_json(photo) if photo else None,
+            profile_linked=bool(data.get("profileLinked", True)),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """Tenant-file form of this user."""
+        return {
+            "id": self.id, "userPrincipalName": self.userPrincipalName, "displayName": self.displayName,
+            "mail": self.mail, "userType": self.userType, "accountEnabled": self.accountEnabled,
+            "profileLinked": self.profile_linked, "photo": self.photo.to_json() if self.photo else None,
+        }
+
+
+@dataclass
+class TenantOptions:
+    """Behaviour switches. ``app_only_property_writes``: "refuse" | "allow"."""
+
+    app_only_property_writes: str = "refuse"
+    no_photo_metadata_style: str = "404"  # or "1x1"
+
+    def validate(self) -> None:
+        """Raise ValueError on unknown option values."""
+        if self.app_only_property_writes not in ("refuse", "allow"):
+            raise ValueError("app_only_property_writes must be 'refuse' or 'allow'")
+        if self.no_photo_metadata_style not in ("404", "1x1"):
+            raise ValueError("no_photo_metadata_style must be '404' or '1x1'")
+
+
+@dataclass
+class Tenant:
+    """A whole simulated tenant."""
+
+    tenant_id: str = DEFAULT_TENANT_ID
+    domain: str = "contoso.onmicrosoft.com"
+    photos_folder: str = DEFAULT_FOLDER
+    users: list[User] = field(default_factory=list)
+    options: TenantOptions = field(default_factory=TenantOptions)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Tenant":
+        """Parse the tenant-file JSON document."""
+        opts = data.get("options") or {}
+        options = TenantOptions(
+            app_only_property_writes=opts.get("appOnlyPropertyWrites", "refuse"),
+            no_photo_metadata_style=str(opts.get("noPhotoMetadataStyle", "404")),
+        )
+        options.validate()
+        return cls(
+            tenant_id=data.get("tenantId") or DEFAULT_TENANT_ID,
+            domain=data.get("domain", "contoso.onmicrosoft.com"),
+            photos_folder=(data.get("mysiteFolder") or DEFAULT_FOLDER).strip("/"),
+            users=[User.from_json(u) for u in data.get("users", [])],
+            options=options,
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Tenant":
+        """Read a tenant file."""
+        return cls.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
+
+    def to_json(self) -> dict[str, Any]:
+        """Tenant-file JSON document."""
+        return {
+            "tenantId": self.tenant_id, "domain": self.domain, "mysiteFolder": self.photos_folder,
+            "options": {"appOnlyPropertyWrites": self.options.app_only_property_writes,
+                        "noPhotoMetadataStyle": self.options.no_photo_metadata_style},
+            "users": [u.to_json() for u in self.users],
+        }
+
+    def save(self, path: str | Path) -> None:
+        """Write a tenant file."""
+        Path(path).write_text(json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+_PALETTE = ("#3366cc", "#cc3333", "#33aa55", "#aa33aa", "#ff9900", "#009999", "#666666", "#99cc00")
+
+
+def make_tenant(
+    n_users: int,
+    photo_share: int = 10,
+    *,
+    with_photo_ratio: float = 0.8,
+    linked_ratio: float = 1.0,
+    photo_size: int = 648,
+    domain: str = "contoso.onmicrosoft.com",
+    tenant_id: str = DEFAULT_TENANT_ID,
+    seed: int = 1,
+) -> Tenant:
+    """Generate a large tenant cheaply (deterministic for a given ``seed``).
+
+    ``photo_share`` is the number of distinct photo specs (JPEG, ``photo_size`` px square) that the
+    users with photos share round-robin, so only that many images are ever rendered.
+    ``with_photo_ratio`` / ``linked_ratio`` are the fractions of users with a photo / a linked
+    SharePoint profile (spread evenly, not randomly).
+    """
+    specs = [PhotoSpec("jpeg", photo_size, photo_size, _PALETTE[i % len(_PALETTE)] if i < len(_PALETTE)
+                       else "#%06x" % ((i * 2654435761) & 0xFFFFFF)) for i in range(max(1, photo_share))]
+    base = seed << 64
+    users = []
+    photo_acc = linked_acc = 0.0
+    for i in range(n_users):
+        photo_acc += with_photo_ratio
+        linked_acc += linked_ratio
+        has_photo = photo_acc >= 1.0
+        linked = linked_acc >= 1.0
+        if has_photo:
+            photo_acc -= 1.0
+        if linked:
+            linked_acc -= 1.0
+        upn = f"user{i:06d}@{domain}"
+        users.append(User(
+            id=str(uuid.UUID(int=base | i, version=4)),
+            userPrincipalName=upn,
+            displayName=f"User {i:06d}",
+            mail=upn,
+            photo=specs[i % len(specs)] if has_photo else None,
+            profile_linked=linked,
+        ))
+    return Tenant(tenant_id=tenant_id, domain=domain, users=users)
