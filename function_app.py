@@ -55,7 +55,7 @@ async def graph_lifecycle(req: func.HttpRequest) -> func.HttpResponse:
 async def control(msg: func.QueueMessage) -> None:
     """Long jobs off the request path: reconciliations and lifecycle events."""
     outcome = await handlers.handle_control_message(msg.get_body())
-    logging.getLogger("photo_sync").info("control message handled", extra=outcome)
+    logging.getLogger("photo_sync").info("control message handled", extra={"result": outcome})
 
 
 @app.function_name("reconcile")

@@ -9,11 +9,13 @@ moves a message to `<queue>-poison` after `maxDequeueCount`, as the Functions ho
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,6 +25,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import azure.functions as func
 from azure.functions.queue import QueueMessage  # the class the Python worker hands to functions
+from azure.functions.timer import TimerRequest
 from azure.core.exceptions import ResourceExistsError
 from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
 from azure.storage.queue.aio import QueueClient
@@ -31,15 +34,21 @@ ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("photo_sync.local_host")
 
 
-def _setting_expression(value: str) -> str:
-    """Resolve a binding's `%SETTING%` expression from the environment, like the host does."""
-    match = re.fullmatch(r"%(\w+)%", value)
-    if not match:
-        return value
-    name = match.group(1)
-    if name not in os.environ:
-        raise RuntimeError(f"binding expression {value} needs app setting {name}")
-    return os.environ[name]
+def resolve_setting_expressions(value: str) -> str:
+    """Resolve `%SETTING%` expressions in a binding property from the environment, as the host does."""
+    def lookup(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in os.environ:
+            raise RuntimeError(f"binding expression {value} needs app setting {name}")
+        return os.environ[name]
+
+    return re.sub(r"%(\w+)%", lookup, value)
+
+
+@functools.cache
+def app_functions(app: func.FunctionApp) -> tuple[Any, ...]:
+    """The app's functions; azure-functions refuses a second `get_functions()` on the same app."""
+    return tuple(app.get_functions())
 
 
 def host_queue_options() -> dict[str, Any]:
@@ -64,7 +73,7 @@ class HttpRoute:
 
 def http_routes(app: func.FunctionApp) -> list[HttpRoute]:
     routes = []
-    for function in app.get_functions():
+    for function in app_functions(app):
         trigger = function.get_trigger()
         if trigger.get_binding_name() != "httpTrigger":
             continue
@@ -148,12 +157,12 @@ def _reply(handler: BaseHTTPRequestHandler, status: int, body: bytes, content_ty
 class QueueWorker:
     """Drains the app's queue trigger the way the Functions host does (base64, retries, poison)."""
 
-    def __init__(self, app: func.FunctionApp, connection_string: str) -> None:
-        triggers = [f for f in app.get_functions() if f.get_trigger().get_binding_name() == "queueTrigger"]
-        if len(triggers) != 1:
-            raise RuntimeError("expected exactly one queue-triggered function")
-        function = triggers[0]
-        self.queue_name = _setting_expression(function.get_trigger().get_dict_repr()["queueName"])
+    def __init__(self, app: func.FunctionApp, connection_string: str, function_name: str) -> None:
+        function = next(f for f in app_functions(app) if f.get_function_name() == function_name)
+        if function.get_trigger().get_binding_name() != "queueTrigger":
+            raise RuntimeError(f"{function_name} is not queue-triggered")
+        self.queue_name = resolve_setting_expressions(
+            function.get_trigger().get_dict_repr()["queueName"])
         self.function = function.get_user_function()
         options = host_queue_options()
         self.batch_size = int(options.get("batchSize", 16))
@@ -220,3 +229,62 @@ class QueueWorker:
             return
         self.processed += 1
         await self.queue.delete_message(message)
+
+
+class LocalFunctionsHost:
+    """HTTP routes plus a background worker for every queue trigger, like `func start` would run."""
+
+    def __init__(self, app: func.FunctionApp, connection_string: str, function_key: str,
+                 poll_interval: float = 0.1) -> None:
+        self.app = app
+        self.http = LocalHttpHost(app, function_key)
+        self.workers = [QueueWorker(app, connection_string, f.get_function_name())
+                        for f in app_functions(app)
+                        if f.get_trigger().get_binding_name() == "queueTrigger"]
+        self.poll_interval = poll_interval
+        self._stop = threading.Event()
+        self._empty_polls = 0  # consecutive polls that found every queue empty
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._poll()), daemon=True)
+
+    @property
+    def url(self) -> str:
+        return self.http.url
+
+    def start(self) -> LocalFunctionsHost:
+        self.http.start()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.http.stop()
+
+    def wait_idle(self, timeout: float = 60) -> None:
+        """Block until every queue has stayed empty for a few polls (raises on timeout)."""
+        deadline = time.monotonic() + timeout
+        self._empty_polls = 0
+        while self._empty_polls < 3:
+            if time.monotonic() > deadline:
+                raise TimeoutError("queues did not drain in time")
+            time.sleep(0.05)
+
+    def run_timer(self, name: str) -> None:
+        """Fire a timer-triggered function now, as the host would on its schedule."""
+        function = next(f for f in app_functions(self.app) if f.get_function_name() == name)
+        asyncio.run(function.get_user_function()(TimerRequest(past_due=False)))
+
+    async def _poll(self) -> None:
+        for worker in self.workers:
+            await worker.__aenter__()
+        try:
+            while not self._stop.is_set():
+                received = 0
+                for worker in self.workers:
+                    received += await worker.run_once()
+                self._empty_polls = 0 if received else self._empty_polls + 1
+                if not received:
+                    await asyncio.sleep(self.poll_interval)
+        finally:
+            for worker in self.workers:
+                await worker.__aexit__()

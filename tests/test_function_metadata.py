@@ -1,0 +1,67 @@
+"""The bindings the Functions host will read: a wrong name or setting here fails only in Azure."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import function_app
+from simulator.functions_host import app_functions
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def bindings() -> dict[str, list[dict[str, Any]]]:
+    found = {}
+    for function in app_functions(function_app.app):
+        found[function.get_function_name()] = [json.loads(json.dumps(b.get_dict_repr(), default=str))
+                                               for b in function.get_bindings()]
+    return found
+
+
+def trigger(name: str) -> dict[str, Any]:
+    return bindings()[name][0]
+
+
+def test_every_function_is_declared() -> None:
+    assert set(bindings()) == {"sync_photo", "sync_now", "graph_webhook", "graph_lifecycle",
+                               "control", "reconcile"}
+
+
+def test_queue_triggers_read_the_queue_named_by_settings() -> None:
+    assert trigger("sync_photo")["type"] == "queueTrigger"
+    assert trigger("sync_photo")["queueName"] == "%PHOTO_SYNC_QUEUE%"
+    assert trigger("sync_photo")["connection"] == "AzureWebJobsStorage"
+    assert trigger("control")["queueName"] == "%PHOTO_SYNC_QUEUE%-control"
+
+
+def test_manual_trigger_needs_a_function_key_and_webhooks_do_not() -> None:
+    assert trigger("sync_now")["route"] == "sync"
+    assert "function" in str(trigger("sync_now")["authLevel"]).lower()
+    for name, route in (("graph_webhook", "notifications"), ("graph_lifecycle", "lifecycle")):
+        assert trigger(name)["route"] == route
+        assert "anonymous" in str(trigger(name)["authLevel"]).lower()
+        assert [m.upper().split(".")[-1] for m in trigger(name)["methods"]] == ["POST"]
+
+
+def test_timer_reads_its_schedule_from_settings_and_never_runs_on_startup() -> None:
+    timer = trigger("reconcile")
+    assert timer["type"] == "timerTrigger"
+    assert timer["schedule"] == "%RECONCILE_SCHEDULE%"
+    assert not timer.get("runOnStartup")
+
+
+def test_host_json_queue_settings() -> None:
+    host = json.loads((ROOT / "host.json").read_text())
+    queues = host["extensions"]["queues"]
+    assert queues["messageEncoding"] == "base64"  # what SyncQueue writes
+    assert 1 <= queues["batchSize"] <= 32
+    assert queues["maxDequeueCount"] == 5
+    assert host["extensionBundle"]["version"] == "[4.*, 5.0.0)"
+
+
+def test_sample_settings_name_every_binding_setting() -> None:
+    values = json.loads((ROOT / "local.settings.sample.json").read_text())["Values"]
+    for name in ("PHOTO_SYNC_QUEUE", "RECONCILE_SCHEDULE", "AzureWebJobsStorage"):
+        assert values.get(name), name
