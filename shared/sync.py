@@ -114,11 +114,10 @@ async def _sync(context: SyncContext, user: DirectoryUser, state: UserState, for
     if etag and etag == state.seen_etag and not force:
         last = f" (last outcome: {state.outcome})" if state.outcome not in ("", "updated") else ""
         return result(Outcome.UNCHANGED, "photo etag unchanged" + last)
-    data = await context.graph.get_photo_bytes(user.id) if etag else None
-    if data is None:
-        if etag:
-            return result(Outcome.FAILED, "Graph lists a photo but returned no bytes")
+    if not etag:
         return await _remove(context, user, state, dry_run, result)
+    # Graph lists a photo; an empty body is refused as an empty image below, not taken as removal
+    data = await context.graph.get_photo_bytes(user.id) or b""
 
     try:
         thumbnails = make_thumbnails(data, context.settings.thumbnail_sizes,

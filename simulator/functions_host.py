@@ -235,9 +235,9 @@ class LocalFunctionsHost:
     """HTTP routes plus a background worker for every queue trigger, like `func start` would run."""
 
     def __init__(self, app: func.FunctionApp, connection_string: str, function_key: str,
-                 poll_interval: float = 0.1) -> None:
+                 port: int = 0, poll_interval: float = 0.1) -> None:
         self.app = app
-        self.http = LocalHttpHost(app, function_key)
+        self.http = LocalHttpHost(app, function_key, port)
         self.workers = [QueueWorker(app, connection_string, f.get_function_name())
                         for f in app_functions(app)
                         if f.get_trigger().get_binding_name() == "queueTrigger"]

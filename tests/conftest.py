@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from shared.handlers import reset_process_caches
+from simulator.app_settings import local_app_settings
 from simulator.azurite import Azurite
-from simulator.tenant import Tenant
-from simulator import TenantSimulator
+from simulator.core import TenantSimulator
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_TENANT = ROOT / "simulator" / "demo_tenant.json"
@@ -28,7 +28,7 @@ def azurite() -> Iterator[Azurite]:
 
 @pytest.fixture
 def sim() -> Iterator[TenantSimulator]:
-    simulator = TenantSimulator(Tenant.from_file(DEMO_TENANT))
+    simulator = TenantSimulator.from_file(DEMO_TENANT)
     simulator.start()
     try:
         yield simulator
@@ -37,21 +37,13 @@ def sim() -> Iterator[TenantSimulator]:
 
 
 @pytest.fixture
-def app_env(monkeypatch: pytest.MonkeyPatch, azurite: Azurite, sim: TenantSimulator) -> dict[str, str]:
+def app_env(monkeypatch: pytest.MonkeyPatch, azurite: Azurite,
+            sim: TenantSimulator) -> Iterator[dict[str, str]]:
     """App settings pointing at Azurite and the simulator, with a fresh queue and table per test."""
     suffix = uuid.uuid4().hex[:10]
-    env = {
-        "AzureWebJobsStorage": azurite.connection_string,
-        "PHOTO_SYNC_QUEUE": f"photo-sync-{suffix}",
-        "PHOTO_SYNC_STATE_TABLE": f"state{suffix}",
-        "GRAPH_BASE_URL": sim.graph_url,
-        "SHAREPOINT_MYSITE_URL": sim.mysite_url,
-        "SHAREPOINT_ADMIN_URL": sim.admin_url,
-        "PHOTO_SYNC_CREDENTIAL": "azure-cli",
-    }
+    env = local_app_settings(azurite, sim, queue=f"photo-sync-{suffix}", table=f"state{suffix}")
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setenv("PATH", f"{ROOT / 'simulator' / 'bin'}:{__import__('os').environ['PATH']}")
     reset_process_caches()
     yield env
     reset_process_caches()

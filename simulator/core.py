@@ -1,0 +1,657 @@
+"""TenantSimulator: shared in-memory tenant state, auth, faults, counters and the control API."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+import uuid
+from bisect import bisect_right
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .images import Blob, PhotoSpec, render
+from .notify import Delivery, Notifier
+from .tenant import Tenant, User
+from .tokens import decode_token
+from .wire import JSON_SP, Request, Response, iso, json_response
+
+HOSTS = ("graph", "mysite", "admin")
+SETTABLE_PROPERTIES = (
+    "PictureURL", "SPS-PicturePlaceholderState", "SPS-PictureTimestamp", "SPS-PictureExchangeSyncState",
+    "AboutMe", "SPS-Skills", "SPS-Interests", "SPS-PastProjects", "SPS-School", "SPS-Birthday",
+    "WorkPhone", "CellPhone", "HomePhone", "Office", "SPS-Location", "SPS-TimeZone", "Title", "Department",
+)
+_SETTABLE = {p.lower(): p for p in SETTABLE_PROPERTIES}
+_LIFECYCLE_EVENTS = ("reauthorizationRequired", "subscriptionRemoved", "missed")
+
+
+@dataclass(slots=True)
+class PhotoState:
+    """A user's current Graph photo: shared bytes plus a per-user etag."""
+
+    blob: Blob
+    etag: str
+
+
+@dataclass(slots=True)
+class FileInfo:
+    """A file in the My Site photos folder. ``size`` = pixel (w, h) or None if not an image."""
+
+    name: str
+    server_relative_url: str
+    data: bytes = field(repr=False)
+    size: tuple[int, int] | None
+    modified: float
+    created: float
+    unique_id: str
+    version: int = 1
+
+    @property
+    def bytes(self) -> bytes:  # noqa: A003 - the brief's field name
+        """Alias of ``data``."""
+        return self.data
+
+    @property
+    def length(self) -> int:
+        """Byte length."""
+        return len(self.data)
+
+
+@dataclass(slots=True)
+class Subscription:
+    """A Graph change-notification subscription."""
+
+    id: str
+    resource: str
+    change_type: str
+    notification_url: str
+    lifecycle_url: str | None
+    expiration: float
+    client_state: str | None
+    application_id: str
+    creator_id: str
+
+    def to_json(self) -> dict[str, Any]:
+        """Graph wire form."""
+        return {
+            "id": self.id, "resource": self.resource, "applicationId": self.application_id,
+            "changeType": self.change_type, "clientState": self.client_state,
+            "notificationUrl": self.notification_url, "notificationQueryOptions": None,
+            "lifecycleNotificationUrl": self.lifecycle_url, "expirationDateTime": iso(self.expiration),
+            "creatorId": self.creator_id, "includeResourceData": False, "latestSupportedTlsVersion": "v1_2",
+            "encryptionCertificate": None, "encryptionCertificateId": None, "notificationUrlAppId": None,
+        }
+
+
+@dataclass(slots=True)
+class Fault:
+    """A pending injected failure."""
+
+    host: str
+    status: int
+    retry_after: float | None
+    remaining: int
+    path_contains: str | None
+    batch_items: bool
+
+
+@dataclass
+class _Clock:
+    base: Callable[[], float]
+    offset: float = 0.0
+    # (base-clock time of each advance, cumulative offset after it), sorted by time
+    history: list[tuple[float, float]] = field(default_factory=list)
+
+    def offset_at(self, t: float) -> float:
+        i = bisect_right(self.history, (t, float("inf")))
+        return self.history[i - 1][1] if i else 0.0
+
+
+def account_slug(upn: str) -> str:
+    """File-name stem SharePoint uses for a user's photos: ``adele_contoso_onmicrosoft_com``."""
+    return upn.lower().replace("@", "_").replace(".", "_")
+
+
+def claims_account(upn: str) -> str:
+    """SharePoint claims login for a cloud user."""
+    return f"i:0#.f|membership|{upn.lower()}"
+
+
+class TenantSimulator:
+    """Simulated Graph + SharePoint tenant. Start with :meth:`start`, stop with :meth:`stop`."""
+
+    def __init__(self, tenant: Tenant, *, clock: Callable[[], float] | None = None) -> None:
+        tenant.options.validate()
+        self.tenant = tenant
+        self._lock = threading.RLock()
+        self._clock = _Clock(clock or time.time)
+        self.latency_ms: float = 0
+        self.drop_notifications: bool = False
+        self.notifications_dropped: int = 0
+        self._users: list[User] = list(tenant.users)
+        self._by_key: dict[str, User] = {}
+        for user in self._users:
+            self._index(user)
+        self._photo_version = 0
+        self._photos: dict[str, PhotoState] = {}
+        for user in self._users:
+            if user.photo is not None:
+                self._photos[user.id] = self._new_state(user.id, render(user.photo))
+        self._profile_overrides: dict[str, dict[str, str]] = {}
+        self._files: dict[str, FileInfo] = {}
+        self._subs: dict[str, Subscription] = {}
+        self._faults: list[Fault] = []
+        self._counters: dict[str, Counter[str]] = {h: Counter() for h in HOSTS}
+        self._revoked_before = float("-inf")
+        self._claims_cache: dict[str, dict[str, Any] | None] = {}
+        self._deliveries: list[Delivery] = []
+        self.validations: list[dict[str, Any]] = []
+        self._notifier: Notifier | None = None
+        self._servers: dict[str, Any] = {}
+        self.roots: dict[str, str] = {}
+        self.ports: dict[str, int] = {}
+
+    # ----------------------------------------------------------------- lifecycle
+    @classmethod
+    def from_file(cls, path: str | Path, **kw: Any) -> "TenantSimulator":
+        """Load a tenant JSON file."""
+        return cls(Tenant.load(path), **kw)
+
+    def start(self, graph_port: int = 0, mysite_port: int = 0, admin_port: int = 0) -> "TenantSimulator":
+        """Start the three loopback listeners (port 0 = any free port)."""
+        from .server import start_listener
+
+        if self._servers:
+            return self
+        self._notifier = Notifier(self._record_delivery)
+        for host, port in (("graph", graph_port), ("mysite", mysite_port), ("admin", admin_port)):
+            server = start_listener(self, host, port)
+            self._servers[host] = server
+            self.ports[host] = server.server_address[1]
+            self.roots[host] = f"http://127.0.0.1:{self.ports[host]}"
+        return self
+
+    def stop(self) -> None:
+        """Stop listeners and the notifier."""
+        servers = list(self._servers.values())
+        for server in servers:  # ask all loops to stop at once, then wait for each
+            server._BaseServer__shutdown_request = True  # type: ignore[attr-defined]
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+        self._servers.clear()
+        if self._notifier is not None:
+            self._notifier.close()
+            self._notifier = None
+
+    def __enter__(self) -> "TenantSimulator":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def graph_url(self) -> str:
+        """Graph base, e.g. ``http://127.0.0.1:G/v1.0``."""
+        return self.roots["graph"] + "/v1.0"
+
+    @property
+    def mysite_url(self) -> str:
+        """My Site host root (no trailing slash)."""
+        return self.roots.get("mysite", "http://127.0.0.1:0")
+
+    @property
+    def admin_url(self) -> str:
+        """SharePoint admin host root (no trailing slash)."""
+        return self.roots["admin"]
+
+    def urls(self) -> dict[str, str]:
+        """The three URLs plus the tenant id (what the CLI prints)."""
+        return {"graph": self.graph_url, "mysite": self.mysite_url, "admin": self.admin_url,
+                "tenantId": self.tenant.tenant_id, "photosFolder": self.tenant.photos_folder}
+
+    # ----------------------------------------------------------------- clock & tokens
+    @property
+    def clock(self) -> Callable[[], float]:
+        """Base clock (without :meth:`advance` offsets)."""
+        return self._clock.base
+
+    def now(self) -> float:
+        """Simulated time = base clock + all advances."""
+        return self._clock.base() + self._clock.offset
+
+    def advance(self, seconds: float) -> None:
+        """Move simulated time forward (tokens minted earlier age too)."""
+        with self._lock:
+            self._clock.offset += seconds
+            self._clock.history.append((self._clock.base(), self._clock.offset))
+        self._purge_subscriptions()
+
+    def revoke_tokens(self) -> None:
+        """Reject every token issued before now (fresh ones keep working)."""
+        with self._lock:
+            self._revoked_before = self._clock.base()
+
+    def check_token(self, host: str, authorization: str | None) -> tuple[dict[str, Any] | None, str]:
+        """Return (claims, "") when valid, else (None, reason)."""
+        if not authorization:
+            return None, "Access token is empty."
+        scheme, _, token = authorization.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            return None, "Access token is empty."
+        claims = self._claims_cache.get(token, False)
+        if claims is False:
+            claims = decode_token(token)
+            if len(self._claims_cache) > 10000:
+                self._claims_cache.clear()
+            self._claims_cache[token] = claims
+        if claims is None:
+            return None, "IDX14100: JWT is not well formed, there are no dots (.) or the payload is not valid."
+        try:
+            iat = float(claims.get("sim_issued", claims.get("iat", 0)))
+            lifetime = float(claims["exp"]) - float(claims.get("iat", iat))
+        except (KeyError, TypeError, ValueError):
+            return None, "IDX10225: Lifetime validation failed. The token is missing an Expiration Time."
+        if iat < self._revoked_before:
+            return None, "Lifetime validation failed, the token was revoked."
+        if iat + self._clock.offset_at(iat) + lifetime < self.now():
+            return None, "Lifetime validation failed, the token is expired."
+        root = self.roots.get(host, "")
+        if str(claims.get("aud", "")).rstrip("/") != root:
+            return None, "Invalid audience."
+        return claims, ""
+
+    # ----------------------------------------------------------------- users
+    def _index(self, user: User) -> None:
+        self._by_key[user.id.lower()] = user
+        self._by_key[user.userPrincipalName.lower()] = user
+
+    def find_user(self, key: str) -> User | None:
+        """Lookup by id or UPN (case-insensitive)."""
+        return self._by_key.get(key.lower())
+
+    def user(self, key: str) -> User:
+        """Like :meth:`find_user` but raises KeyError."""
+        found = self.find_user(key)
+        if found is None:
+            raise KeyError(f"no such user: {key}")
+        return found
+
+    def users(self) -> list[User]:
+        """All users in directory order (the live list; do not mutate)."""
+        return self._users
+
+    def add_user(self, user: User) -> None:
+        """Add a user at the end of the directory."""
+        with self._lock:
+            if self.find_user(user.id) or self.find_user(user.userPrincipalName):
+                raise ValueError("duplicate user")
+            self._users.append(user)
+            self._index(user)
+            if user.photo is not None:
+                self._photos[user.id] = self._new_state(user.id, render(user.photo))
+
+    # ----------------------------------------------------------------- photos
+    def _new_state(self, uid: str, blob: Blob) -> PhotoState:
+        self._photo_version += 1
+        etag = hashlib.sha1(f"{uid}:{self._photo_version}:{blob.digest}".encode()).hexdigest()
+        return PhotoState(blob, etag)
+
+    def photo(self, key: str) -> PhotoState | None:
+        """Current photo of a user (None if none)."""
+        return self._photos.get(self.user(key).id)
+
+    def set_photo(self, key: str, data: bytes | PhotoSpec | dict[str, Any]) -> str:
+        """Set a user's Graph photo from bytes or a spec; bumps the etag, notifies. Returns the etag."""
+        user = self.user(key)
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            blob = Blob.from_bytes(bytes(data))
+        elif isinstance(data, PhotoSpec):
+            blob = render(data)
+        else:
+            blob = render(PhotoSpec.from_json(data))
+        with self._lock:
+            state = self._new_state(user.id, blob)
+            self._photos[user.id] = state
+        self._notify_change(user)
+        return state.etag
+
+    def delete_photo(self, key: str) -> None:
+        """Remove a user's Graph photo and notify."""
+        user = self.user(key)
+        with self._lock:
+            self._photo_version += 1
+            self._photos.pop(user.id, None)
+        self._notify_change(user)
+
+    # ----------------------------------------------------------------- SharePoint state
+    @property
+    def folder_path(self) -> str:
+        """Server-relative photos folder, e.g. ``/User Photos/Profile Pictures``."""
+        return "/" + self.tenant.photos_folder.strip("/")
+
+    def files(self) -> dict[str, FileInfo]:
+        """Files in the photos folder keyed by file name."""
+        with self._lock:
+            return {f.name: f for f in self._files.values()}
+
+    def get_file(self, server_relative_url: str) -> FileInfo | None:
+        """File by server-relative URL (case-insensitive)."""
+        return self._files.get(server_relative_url.casefold())
+
+    def put_file(self, name: str, data: bytes, overwrite: bool = True) -> FileInfo | None:
+        """Store a file in the photos folder; None if it exists and not ``overwrite``."""
+        from .images import probe
+
+        url = f"{self.folder_path}/{name}"
+        size = probe(data)[0]
+        now = self.now()
+        with self._lock:
+            old = self._files.get(url.casefold())
+            if old is not None and not overwrite:
+                return None
+            info = FileInfo(
+                name=old.name if old else name, server_relative_url=old.server_relative_url if old else url,
+                data=data, size=size, modified=now, created=old.created if old else now,
+                unique_id=old.unique_id if old else str(uuid.uuid4()), version=(old.version + 1) if old else 1,
+            )
+            self._files[url.casefold()] = info
+        return info
+
+    def delete_file(self, server_relative_url: str) -> bool:
+        """Remove a file; False if missing."""
+        with self._lock:
+            return self._files.pop(server_relative_url.casefold(), None) is not None
+
+    def profile(self, key: str) -> dict[str, str]:
+        """SharePoint user-profile properties of a user (by id, UPN or claims account name)."""
+        if key.lower().startswith("i:0#.f|membership|"):
+            key = key.split("|", 2)[2]
+        user = self.user(key)
+        return self._profile_props(user)
+
+    def _profile_props(self, user: User) -> dict[str, str]:
+        upn = user.userPrincipalName
+        first, _, last = user.displayName.partition(" ")
+        if user.profile_linked:
+            pic = f"{self.mysite_url}{self.folder_path}/{account_slug(upn)}_MThumb.jpg"
+            placeholder, stamp = "0", "63838473600"
+        else:
+            pic, placeholder, stamp = "", "1", ""
+        props = {
+            "UserProfile_GUID": str(uuid.uuid5(uuid.NAMESPACE_URL, "profile:" + user.id)),
+            "AccountName": claims_account(upn), "FirstName": first, "LastName": last,
+            "PreferredName": user.displayName, "WorkPhone": "", "Department": "", "Title": "", "AboutMe": "",
+            "PictureURL": pic, "UserName": upn, "WorkEmail": user.mail or "",
+            "SPS-UserPrincipalName": upn, "SPS-PicturePlaceholderState": placeholder,
+            "SPS-PictureTimestamp": stamp, "SPS-PictureExchangeSyncState": "0",
+            "SPS-UserType": "1" if user.userType == "Guest" else "0", "msOnline-ObjectId": user.id,
+        }
+        override = self._profile_overrides.get(user.id)
+        if override:
+            props.update(override)
+        return props
+
+    def set_profile_property(self, key: str, name: str, value: str) -> None:
+        """Set a profile property directly (control API; no permission checks)."""
+        user = self.user(key.split("|", 2)[2] if key.lower().startswith("i:0#.f|") else key)
+        canonical = _SETTABLE.get(name.lower())
+        if canonical is None:
+            raise KeyError(name)
+        with self._lock:
+            self._profile_overrides.setdefault(user.id, {})[canonical] = value
+
+    def touched_profiles(self) -> list[str]:
+        """UPNs whose profile was written."""
+        with self._lock:
+            ids = list(self._profile_overrides)
+        return [self._by_key[i.lower()].userPrincipalName for i in ids]
+
+    @property
+    def app_only_property_writes(self) -> str:
+        """"refuse" (default, like SPO) or "allow"."""
+        return self.tenant.options.app_only_property_writes
+
+    @app_only_property_writes.setter
+    def app_only_property_writes(self, value: str) -> None:
+        if value not in ("refuse", "allow"):
+            raise ValueError("app_only_property_writes must be 'refuse' or 'allow'")
+        self.tenant.options.app_only_property_writes = value
+
+    @property
+    def no_photo_metadata_style(self) -> str:
+        """"404" (default) or "1x1"."""
+        return self.tenant.options.no_photo_metadata_style
+
+    @no_photo_metadata_style.setter
+    def no_photo_metadata_style(self, value: str) -> None:
+        if value not in ("404", "1x1"):
+            raise ValueError("no_photo_metadata_style must be '404' or '1x1'")
+        self.tenant.options.no_photo_metadata_style = value
+
+    # ----------------------------------------------------------------- subscriptions & notifications
+    def _purge_subscriptions(self) -> None:
+        now = self.now()
+        with self._lock:
+            for sid in [s.id for s in self._subs.values() if s.expiration < now]:
+                del self._subs[sid]
+
+    def subscriptions(self) -> list[Subscription]:
+        """Live subscriptions."""
+        self._purge_subscriptions()
+        with self._lock:
+            return list(self._subs.values())
+
+    def get_subscription(self, sid: str) -> Subscription | None:
+        """Live subscription by id."""
+        self._purge_subscriptions()
+        with self._lock:
+            return self._subs.get(sid.lower())
+
+    def add_subscription(self, sub: Subscription) -> None:
+        """Register a (validated) subscription."""
+        with self._lock:
+            self._subs[sub.id.lower()] = sub
+
+    def remove_subscription(self, sid: str) -> bool:
+        """Delete a subscription; False if unknown."""
+        with self._lock:
+            return self._subs.pop(sid.lower(), None) is not None
+
+    def _notify_change(self, user: User) -> None:
+        subs = [s for s in self.subscriptions()
+                if s.resource.strip("/").lower() == "users" and "updated" in s.change_type.lower()]
+        if not subs:
+            return
+        if self.drop_notifications or self._notifier is None:
+            with self._lock:
+                self.notifications_dropped += len(subs)
+            return
+        tid = self.tenant.tenant_id
+        for sub in subs:
+            payload = {"value": [{
+                "id": str(uuid.uuid4()), "subscriptionId": sub.id,
+                "subscriptionExpirationDateTime": iso(sub.expiration), "clientState": sub.client_state,
+                "changeType": "updated", "resource": f"Users/{user.id}", "tenantId": tid,
+                "resourceData": {"@odata.type": "#Microsoft.Graph.User", "@odata.id": f"Users/{user.id}",
+                                 "id": user.id, "organizationId": tid},
+            }]}
+            self._notifier.enqueue(sub.notification_url, payload, "change")
+
+    def send_lifecycle(self, subscription_id: str, event: str) -> int | None:
+        """POST a lifecycle notification synchronously; returns the HTTP status (None = no connection)."""
+        if event not in _LIFECYCLE_EVENTS:
+            raise ValueError(f"event must be one of {_LIFECYCLE_EVENTS}")
+        sub = self.get_subscription(subscription_id)
+        if sub is None:
+            raise KeyError(f"no such subscription: {subscription_id}")
+        if not sub.lifecycle_url:
+            raise ValueError("subscription has no lifecycleNotificationUrl")
+        payload = {"value": [{
+            "subscriptionId": sub.id, "subscriptionExpirationDateTime": iso(sub.expiration),
+            "tenantId": self.tenant.tenant_id, "clientState": sub.client_state, "lifecycleEvent": event,
+        }]}
+        notifier = self._notifier or Notifier(self._record_delivery)
+        return notifier.send_now(sub.lifecycle_url, payload, "lifecycle").status
+
+    def _record_delivery(self, delivery: Delivery) -> None:
+        with self._lock:
+            self._deliveries.append(delivery)
+
+    @property
+    def notifications_sent(self) -> list[Delivery]:
+        """Every notification POST attempted so far (change and lifecycle)."""
+        with self._lock:
+            return list(self._deliveries)
+
+    def wait_notifications(self, count: int, timeout: float = 5.0) -> list[Delivery]:
+        """Block until at least ``count`` deliveries were recorded (or timeout); return them."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if len(self._deliveries) >= count:
+                    break
+            time.sleep(0.005)
+        return self.notifications_sent
+
+    def flush_notifications(self, timeout: float = 10.0) -> bool:
+        """Wait until queued notifications were attempted."""
+        return self._notifier.join(timeout) if self._notifier else True
+
+    # ----------------------------------------------------------------- faults & counters
+    def inject_fault(self, host: str = "graph", status: int = 429, retry_after: float | None = 1, count: int = 1,
+                     path_contains: str | None = None, batch_items: bool = False) -> None:
+        """Make the next ``count`` matching requests (or $batch items) answer ``status``."""
+        if host not in HOSTS:
+            raise ValueError(f"host must be one of {HOSTS}")
+        if batch_items and host != "graph":
+            raise ValueError("batch_items only applies to host='graph'")
+        with self._lock:
+            self._faults.append(Fault(host, int(status), retry_after, int(count), path_contains, bool(batch_items)))
+
+    def clear_faults(self) -> None:
+        """Drop pending faults."""
+        with self._lock:
+            self._faults.clear()
+
+    def take_fault(self, host: str, target: str, batch_item: bool) -> Fault | None:
+        """Consume one matching fault for a request/batch item (``target`` = decoded path+query)."""
+        if not self._faults:
+            return None
+        with self._lock:
+            for fault in self._faults:
+                if (fault.host == host and fault.batch_items == batch_item and fault.remaining > 0
+                        and (not fault.path_contains or fault.path_contains in target)):
+                    fault.remaining -= 1
+                    if fault.remaining <= 0:
+                        self._faults.remove(fault)
+                    return fault
+        return None
+
+    def count(self, host: str, kind: str, n: int = 1) -> None:
+        """Increment a request counter."""
+        with self._lock:
+            self._counters[host][kind] += n
+
+    @property
+    def requests(self) -> dict[str, dict[str, int]]:
+        """Snapshot of counters per host and route kind."""
+        with self._lock:
+            return {h: dict(c) for h, c in self._counters.items()}
+
+    def reset_counters(self) -> None:
+        """Zero all counters."""
+        with self._lock:
+            for c in self._counters.values():
+                c.clear()
+
+    # ----------------------------------------------------------------- dispatch
+    def serve(self, host: str, req: Request) -> Response:
+        """Handle one HTTP request for listener ``host``."""
+        from . import control, graph, sharepoint
+
+        if host == "graph" and req.path.startswith("/_sim/"):
+            return control.handle(self, req)
+        if self.latency_ms:
+            time.sleep(self.latency_ms / 1000.0)
+        claims, reason = self.check_token(host, req.header("Authorization") or None)
+        if claims is None:
+            self.count(host, "auth.failed")
+            if host == "graph":
+                return graph.error(401, "InvalidAuthenticationToken", reason,
+                                   {"WWW-Authenticate": 'Bearer realm="", authorization_uri="https://login.microsoftonline.com/common/oauth2/authorize"'})
+            return sharepoint.unauthorized(self, reason)
+        req.claims = claims
+        router = graph.route if host == "graph" else sharepoint.route_mysite if host == "mysite" else sharepoint.route_admin
+        kind, handler = router(self, req)
+        self.count(host, kind)
+        fault = self.take_fault(host, _decoded_target(req), False)
+        if fault is not None:
+            self.count(host, "faulted")
+            return fault_response(host, fault)
+        try:
+            return handler()
+        except Exception as exc:  # noqa: BLE001 - surface as a 500, keep serving
+            self.count(host, "errors")
+            if host == "graph":
+                return graph.error(500, "generalException", f"{type(exc).__name__}: {exc}")
+            return sharepoint.sp_error(500, "-2146232832, Microsoft.SharePoint.SPException", f"{type(exc).__name__}: {exc}")
+
+    def state(self, all_profiles: bool | None = None) -> dict[str, Any]:
+        """JSON-able snapshot (used by ``GET /_sim/state``)."""
+        files = [{"name": f.name, "serverRelativeUrl": f.server_relative_url, "length": f.length,
+                  "size": list(f.size) if f.size else None, "modified": iso(f.modified)}
+                 for f in self.files().values()]
+        if all_profiles is None:
+            all_profiles = len(self._users) <= 1000
+        upns = [u.userPrincipalName for u in self._users] if all_profiles else self.touched_profiles()
+        return {
+            "urls": self.urls() if self._servers else {},
+            "now": iso(self.now()),
+            "files": files,
+            "profiles": {upn: self.profile(upn) for upn in upns},
+            "counters": self.requests,
+            "subscriptions": [s.to_json() for s in self.subscriptions()],
+            "notifications": [{"url": d.url, "status": d.status, "time": iso(d.time), "kind": d.kind, "error": d.error}
+                              for d in self.notifications_sent],
+            "notificationsDropped": self.notifications_dropped,
+            "settings": self.settings(),
+        }
+
+    def settings(self) -> dict[str, Any]:
+        """Current behaviour switches."""
+        return {"latency_ms": self.latency_ms, "drop_notifications": self.drop_notifications,
+                "app_only_property_writes": self.app_only_property_writes,
+                "no_photo_metadata_style": self.no_photo_metadata_style}
+
+
+def _decoded_target(req: Request) -> str:
+    from urllib.parse import unquote
+
+    target = unquote(req.path, errors="replace")
+    return f"{target}?{unquote(req.query_string, errors='replace')}" if req.query_string else target
+
+
+_GRAPH_CODES = {429: "TooManyRequests", 503: "serviceNotAvailable", 504: "gatewayTimeout", 500: "generalException",
+                502: "badGateway", 401: "InvalidAuthenticationToken", 403: "Authorization_RequestDenied",
+                404: "Request_ResourceNotFound", 400: "BadRequest"}
+
+
+def fault_response(host: str, fault: Fault) -> Response:
+    """The injected error response for a host."""
+    headers = {}
+    if fault.retry_after is not None:
+        ra = fault.retry_after
+        headers["Retry-After"] = str(int(ra)) if float(ra).is_integer() else str(ra)
+    if host == "graph":
+        code = _GRAPH_CODES.get(fault.status, "UnknownError")
+        msg = "Too many requests." if fault.status == 429 else f"Injected fault {fault.status}."
+        return json_response(fault.status, {"error": {"code": code, "message": msg}}, headers=headers)
+    code = ("-2147024860, Microsoft.SharePoint.SPQueryThrottledException" if fault.status == 429
+            else "-2146232832, Microsoft.SharePoint.SPException")
+    body = {"odata.error": {"code": code, "message": {"lang": "en-US", "value": f"Injected fault {fault.status}."}}}
+    return json_response(fault.status, body, JSON_SP, headers)
