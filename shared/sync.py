@@ -91,11 +91,12 @@ async def sync_user(context: SyncContext, request: SyncRequest, dry_run: bool = 
     user = await context.graph.get_user(request.user_id)
     if user is None:
         return SyncResult(request.user_id, "", Outcome.SKIPPED, "no such user in the directory")
-    if not user.account_enabled:
-        return SyncResult(user.id, user.upn, Outcome.SKIPPED, "account is disabled")
     state = await context.state.get(user.id) or UserState(user_id=user.id)
     state.upn = user.upn
-    result = await _sync(context, user, state, request.force, dry_run)
+    if user.account_enabled:
+        result = await _sync(context, user, state, request.force, dry_run)
+    else:
+        result = SyncResult(user.id, user.upn, Outcome.SKIPPED, "account is disabled")
     if not dry_run:
         if result.outcome is not Outcome.UNCHANGED:
             state.outcome, state.reason = result.outcome.value, result.reason
@@ -158,9 +159,9 @@ async def _link(context: SyncContext, upn: str, profile: Profile, picture_url: s
         await context.sharepoint.set_property(upn, PLACEHOLDER_STATE, "0")
         await context.sharepoint.set_property(upn, PICTURE_TIMESTAMP, str(int(time.time())))
     except ProfileWriteRefused as refused:
-        return result(Outcome.NEEDS_PROFILE_LINK,
-                      f"thumbnails uploaded; profile still on a placeholder ({refused}). "
-                      "Run `python -m shared link-profiles` as a SharePoint administrator")
+        log.info("profile link refused: %s", refused)
+        return result(Outcome.NEEDS_PROFILE_LINK, "thumbnails uploaded; SharePoint refuses the "
+                      "profile link to this app-only identity: a SharePoint admin links it once")
     return result(Outcome.UPDATED, "thumbnails uploaded and profile linked")
 
 

@@ -12,6 +12,7 @@ import asyncio
 import os
 import secrets
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
@@ -28,7 +29,7 @@ from .functions_host import LocalFunctionsHost
 from .images import PhotoSpec
 
 DEMO_TENANT = Path(__file__).resolve().parent / "demo_tenant.json"
-console = Console()
+console = Console(width=150)
 
 
 def main() -> None:
@@ -49,19 +50,22 @@ def main() -> None:
 
 
 def run(sim: TenantSimulator, host: LocalFunctionsHost, key: str) -> None:
-    console.rule("1. An admin asks for a sync of everyone: POST /api/sync {\"all\": true}")
-    answer = httpx.post(f"{host.url}/api/sync", json={"all": True}, headers={"x-functions-key": key})
+    everyone = [u.userPrincipalName for u in sim.users()]
+    console.rule("1. An admin queues every demo user: POST /api/sync {\"users\": [...]}")
+    answer = httpx.post(f"{host.url}/api/sync", json={"users": everyone},
+                        headers={"x-functions-key": key})
     console.print(f"HTTP {answer.status_code} {answer.json()}")
     host.wait_idle()
-    show_outcomes()
+    show_outcomes(sim)
     show_sharepoint(sim)
 
     console.rule("2. The timer runs: the Graph subscription is created (validation handshake)")
     host.run_timer("reconcile")
     host.wait_idle()
     for subscription in sim.subscriptions():
+        expires = datetime.fromtimestamp(subscription.expiration, timezone.utc)
         console.print(f"subscription {subscription.id} on '{subscription.resource}' -> "
-                      f"{subscription.notification_url}, expires {subscription.expiration}")
+                      f"{subscription.notification_url}, expires {expires:%Y-%m-%d %H:%M} UTC")
 
     member = next(u for u in sim.users() if u.photo and u.profile_linked and u.accountEnabled
                   and u.userType == "Member")
@@ -71,7 +75,7 @@ def run(sim: TenantSimulator, host: LocalFunctionsHost, key: str) -> None:
     sim.set_photo(member.id, PhotoSpec(kind="jpeg", width=640, height=640, color="#c0392b"))
     sim.flush_notifications()
     host.wait_idle()
-    delivered = [d for d in sim.notifications_sent() if d.kind == "change"]
+    delivered = [d for d in sim.notifications_sent if d.kind == "change"]
     console.print(f"Graph sent {len(delivered)} change notification(s); the webhook answered "
                   f"{sorted({d.status for d in delivered})}")
     after = thumbnail_digest(sim, member.userPrincipalName)
@@ -87,11 +91,12 @@ def run(sim: TenantSimulator, host: LocalFunctionsHost, key: str) -> None:
     host.wait_idle()
     console.print(f"After the dropped notification, thumbnails changed: "
                   f"{thumbnail_digest(sim, other.userPrincipalName) != before}")
+    console.print("The timer's reconciliation runs (same code as POST /api/sync {\"all\": true})")
     host.run_timer("reconcile")
     host.wait_idle()
     console.print(f"After the timer's reconciliation, thumbnails changed: "
                   f"[bold]{thumbnail_digest(sim, other.userPrincipalName) != before}[/]")
-    show_outcomes()
+    show_outcomes(sim)
 
 
 def thumbnail_digest(sim: TenantSimulator, upn: str) -> bytes:
@@ -100,7 +105,19 @@ def thumbnail_digest(sim: TenantSimulator, upn: str) -> bytes:
     return file.bytes if file else b""
 
 
-def show_outcomes() -> None:
+def describe(sim: TenantSimulator, upn: str) -> str:
+    user = sim.user(upn)
+    parts = [user.photo.kind if user.photo else "no photo"]
+    if user.userType == "Guest":
+        parts.append("guest")
+    if not user.accountEnabled:
+        parts.append("disabled")
+    if not user.profile_linked:
+        parts.append("profile on placeholder")
+    return ", ".join(parts)
+
+
+def show_outcomes(sim: TenantSimulator) -> None:
     async def load() -> list[UserState]:
         store = StateStore.from_settings(get_settings())
         try:
@@ -108,9 +125,9 @@ def show_outcomes() -> None:
         finally:
             await store.close()
 
-    table = Table("user", "outcome", "reason", title="What photo-sync did, per user")
+    table = Table("user", "demo user", "outcome", "reason", title="What photo-sync did, per user")
     for state in sorted(asyncio.run(load()), key=lambda s: s.upn):
-        table.add_row(state.upn, state.outcome, state.reason)
+        table.add_row(state.upn, describe(sim, state.upn), state.outcome, state.reason)
     console.print(table)
 
 
