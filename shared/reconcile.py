@@ -15,7 +15,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from .graph import BATCH_SIZE, DirectoryUser, GraphDirectory
+from .graph import BATCH_SIZE, PAGE_SIZE, DirectoryUser, GraphDirectory
 from .queue import SyncQueue, SyncRequest
 from .settings import Settings
 from .state import ReconcileCursor, StateStore, UserState, utc_now
@@ -51,19 +51,22 @@ def needs_sync(state: UserState | None, etag: str | None) -> bool:
 
 async def reconcile(settings: Settings, graph: GraphDirectory, state: StateStore, queue: SyncQueue,
                     *, force: bool = False, dry_run: bool = False,
-                    time_budget: float = DEFAULT_TIME_BUDGET_SECONDS) -> ReconcileReport:
+                    time_budget: float = DEFAULT_TIME_BUDGET_SECONDS,
+                    page_size: int = PAGE_SIZE) -> ReconcileReport:
     """Queue every user whose photo differs from what SharePoint holds (everyone with `force`)."""
     owner = uuid.uuid4().hex
     if not await state.acquire_lease(LEASE_NAME, owner, time_budget + 60):
         return ReconcileReport(skipped="another reconciliation is running")
     try:
-        return await _run(settings, graph, state, queue, owner, force, dry_run, time_budget)
+        return await _run(settings, graph, state, queue, owner, force, dry_run, time_budget,
+                          page_size)
     finally:
         await state.release_lease(LEASE_NAME, owner)
 
 
 async def _run(settings: Settings, graph: GraphDirectory, state: StateStore, queue: SyncQueue,
-               owner: str, force: bool, dry_run: bool, time_budget: float) -> ReconcileReport:
+               owner: str, force: bool, dry_run: bool, time_budget: float,
+               page_size: int) -> ReconcileReport:
     deadline = time.monotonic() + time_budget
     cursor = await state.get_cursor()
     report = ReconcileReport(resumed=bool(cursor.next_link))
@@ -73,7 +76,7 @@ async def _run(settings: Settings, graph: GraphDirectory, state: StateStore, que
         cursor = ReconcileCursor(started_at=utc_now(), last_completed_at=cursor.last_completed_at)
     pages = graph.iter_user_pages(enabled_only=settings.enabled_only,
                                   include_guests=settings.include_guests,
-                                  start_link=cursor.next_link or None)
+                                  page_size=page_size, start_link=cursor.next_link or None)
     async for users, next_link in pages:
         changed = await _changed_users(graph, state, users, force)
         if not dry_run:

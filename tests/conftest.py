@@ -3,21 +3,21 @@ and the stand-in `az` so the app takes its production credential path (AzureCliC
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from shared.handlers import reset_process_caches
 from simulator.app_settings import local_app_settings
-from simulator.azurite import Azurite
+from simulator.azurite import Azurite, free_port
 from simulator.core import TenantSimulator
+from simulator.functions_host import LocalFunctionsHost
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_TENANT = ROOT / "simulator" / "demo_tenant.json"
+FUNCTION_KEY = "test-function-key"
 
 
 @pytest.fixture(scope="session")
@@ -49,6 +49,20 @@ def app_env(monkeypatch: pytest.MonkeyPatch, azurite: Azurite,
     reset_process_caches()
 
 
-def run(coro: Any) -> Any:
-    """Run one coroutine to completion, as the Functions worker would for one invocation."""
-    return asyncio.run(coro)
+@pytest.fixture
+def functions_host(monkeypatch: pytest.MonkeyPatch, app_env: dict[str, str],
+                   azurite: Azurite) -> Iterator[LocalFunctionsHost]:
+    """The function app served on loopback (HTTP routes + queue workers), with NOTIFICATION_URL
+    pointing at it so the simulator's Graph can reach the webhook over real HTTP."""
+    import function_app
+
+    port = free_port()
+    monkeypatch.setenv("NOTIFICATION_URL", f"http://127.0.0.1:{port}/api/notifications")
+    monkeypatch.setenv("LIFECYCLE_NOTIFICATION_URL", f"http://127.0.0.1:{port}/api/lifecycle")
+    reset_process_caches()
+    host = LocalFunctionsHost(function_app.app, azurite.connection_string, FUNCTION_KEY, port=port)
+    host.start()
+    try:
+        yield host
+    finally:
+        host.stop()

@@ -106,7 +106,7 @@ def test_profile_on_placeholder_needs_a_profile_link_but_gets_the_files(sim: Ten
     deliver(user.id)
     state = state_of(user)
     assert state.outcome == "needs_profile_link"
-    assert "administrator" in state.reason
+    assert "SharePoint admin" in state.reason
     assert set(thumbnails(sim, user)) == {"S", "M", "L"}
     assert sim.profile(user.id)["PictureURL"] == ""  # SharePoint refused the app-only write
 
