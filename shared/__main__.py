@@ -16,8 +16,9 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from .graph import GraphError
-from .handlers import get_credential, get_settings
+from . import subscriptions
+from .graph import GraphDirectory, GraphError
+from .handlers import get_credential, get_settings, run_reconcile
 from .queue import InvalidMessage, SyncRequest, check_user_key
 from .settings import SettingsError
 from .sharepoint import SharePointError
@@ -59,6 +60,19 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("users", nargs="*", metavar="USER", help="object id (default: everyone)")
     status.add_argument("--json", action="store_true")
     status.set_defaults(run=_status_command)
+
+    reconcile = commands.add_parser("reconcile", help="queue every user whose photo changed")
+    reconcile.add_argument("--force", action="store_true", help="queue everyone in scope")
+    reconcile.add_argument("--dry-run", action="store_true", help="count, queue nothing")
+    reconcile.add_argument("--json", action="store_true")
+    reconcile.set_defaults(run=_reconcile_command)
+
+    subscription = commands.add_parser("subscription", help="the Graph change-notification "
+                                       "subscription")
+    subscription.add_argument("action", choices=["show", "ensure", "delete"], nargs="?",
+                              default="show")
+    subscription.add_argument("--json", action="store_true")
+    subscription.set_defaults(run=_subscription_command)
     return parser
 
 
@@ -157,6 +171,42 @@ def _print_states(rows: list[UserState], as_json: bool) -> None:
         table.add_row(row.upn or row.user_id, row.outcome, row.updated_at.strftime("%Y-%m-%d %H:%M"),
                       row.reason)
     Console().print(table)
+
+
+async def _reconcile_command(args: argparse.Namespace) -> int:
+    report = await run_reconcile(force=args.force, dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps(report.as_dict()))
+    elif report.skipped:
+        Console().print(f"Not run: {report.skipped}")
+    else:
+        verb = "would queue" if args.dry_run else "queued"
+        Console().print(f"scanned {report.scanned} users, {verb} {report.queued}"
+                        + ("" if report.complete else "; paused at its time budget, continues "
+                           "from the control queue"))
+    return 0
+
+
+async def _subscription_command(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    graph = GraphDirectory(settings, get_credential())
+    state = StateStore.from_settings(settings)
+    try:
+        if args.action == "ensure":
+            status = await subscriptions.ensure_subscription(settings, graph, state)
+        elif args.action == "delete":
+            status = await subscriptions.delete(graph, state)
+        else:
+            status = await subscriptions.show(state)
+    finally:
+        await graph.close()
+        await state.close()
+    if args.json:
+        print(json.dumps(status.as_dict()))
+    else:
+        expires = f", expires {status.expires_at:%Y-%m-%d %H:%M} UTC" if status.expires_at else ""
+        Console().print(f"{status.action}: {status.subscription_id or 'no subscription'}{expires}")
+    return 0
 
 
 if __name__ == "__main__":
