@@ -27,6 +27,9 @@ from msgraph import GraphRequestAdapter, GraphServiceClient
 from msgraph.generated.models.o_data_errors.o_data_error import ODataError
 from msgraph.generated.models.subscription import Subscription
 from msgraph.generated.models.user import User
+from msgraph.generated.users.item.check_member_groups.check_member_groups_post_request_body import (
+    CheckMemberGroupsPostRequestBody,
+)
 from msgraph.generated.users.item.user_item_request_builder import UserItemRequestBuilder
 from msgraph.generated.users.users_request_builder import UsersRequestBuilder
 from msgraph_core import GraphClientFactory
@@ -117,31 +120,62 @@ class GraphDirectory:
                 yield user
 
     async def iter_user_pages(self, *, enabled_only: bool, include_guests: bool,
-                              page_size: int = PAGE_SIZE, start_link: str | None = None
+                              page_size: int = PAGE_SIZE, start_link: str | None = None,
+                              group_id: str | None = None
                               ) -> AsyncIterator[tuple[list[DirectoryUser], str | None]]:
-        """Pages of users in scope with the `@odata.nextLink` that follows each (None at the end).
+        """Pages of users with the `@odata.nextLink` that follows each (None at the end).
 
-        `start_link` resumes from a next link saved by an earlier, interrupted run.
+        All users, or a group's transitive user members. `start_link` resumes from a next link
+        saved by an earlier, interrupted run.
         """
-        clauses = (["accountEnabled eq true"] if enabled_only else []) + \
-                  ([] if include_guests else ["userType eq 'Member'"])
-        config = RequestConfiguration(
-            query_parameters=UsersRequestBuilder.UsersRequestBuilderGetQueryParameters(
-                select=USER_FIELDS, top=page_size, filter=" and ".join(clauses) or None))
-        users = self.client.users
+        if group_id:
+            # Group member listings filter only with advanced queries: filter here instead.
+            builder = self.client.groups.by_group_id(group_id).transitive_members.graph_user
+            config = RequestConfiguration(query_parameters=builder.GraphUserRequestBuilderGetQueryParameters(
+                select=USER_FIELDS, top=page_size))
+        else:
+            clauses = (["accountEnabled eq true"] if enabled_only else []) + \
+                      ([] if include_guests else ["userType eq 'Member'"])
+            builder = self.client.users
+            config = RequestConfiguration(
+                query_parameters=UsersRequestBuilder.UsersRequestBuilderGetQueryParameters(
+                    select=USER_FIELDS, top=page_size, filter=" and ".join(clauses) or None))
         try:
             if start_link:
-                page = await self._call(users.with_url(start_link).get)
+                page = await self._call(builder.with_url(start_link).get)
             else:
-                page = await self._call(lambda: users.get(config))
+                page = await self._call(lambda: builder.get(config))
             while page is not None:
                 next_link = page.odata_next_link or None
-                yield [_directory_user(u) for u in page.value or [] if u.id], next_link
+                users = [_directory_user(u) for u in page.value or [] if u.id]
+                if group_id:
+                    users = [u for u in users if (u.account_enabled or not enabled_only)
+                             and (include_guests or u.user_type != "Guest")]
+                yield users, next_link
                 if not next_link:
                     break
-                page = await self._call(users.with_url(next_link).get)
+                page = await self._call(builder.with_url(next_link).get)
         except ODataError as error:
             raise _as_graph_error(error, "listing users") from None
+
+    async def group_member_ids(self, group_ids: Sequence[str]) -> set[str]:
+        """Object ids of the users in these groups (transitively)."""
+        members: set[str] = set()
+        for group_id in group_ids:
+            async for page, _next in self.iter_user_pages(enabled_only=False, include_guests=True,
+                                                          group_id=group_id):
+                members.update(u.id for u in page)
+        return members
+
+    async def member_of(self, user_id: str, group_ids: Sequence[str]) -> set[str]:
+        """Which of these groups the user is a member of, transitively (one request)."""
+        body = CheckMemberGroupsPostRequestBody(group_ids=list(group_ids))
+        builder = self.client.users.by_user_id(user_id).check_member_groups
+        try:
+            answer = await self._call(lambda: builder.post(body))
+        except ODataError as error:
+            raise _as_graph_error(error, "checking group membership") from None
+        return {g.lower() for g in (answer.value if answer else None) or []}
 
     async def get_photo_etag(self, user_id: str) -> str | None:
         """The photo's `@odata.mediaEtag`; None when the user has no photo.

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from .graph import BATCH_SIZE, PAGE_SIZE, DirectoryUser, GraphDirectory
@@ -74,21 +75,20 @@ async def _run(settings: Settings, graph: GraphDirectory, state: StateStore, que
         report.scanned, report.queued = cursor.scanned, cursor.queued
     else:
         cursor = ReconcileCursor(started_at=utc_now(), last_completed_at=cursor.last_completed_at)
-    pages = graph.iter_user_pages(enabled_only=settings.enabled_only,
-                                  include_guests=settings.include_guests,
-                                  page_size=page_size, start_link=cursor.next_link or None)
-    async for users, next_link in pages:
-        changed = await _changed_users(graph, state, users, force)
+    excluded = await graph.group_member_ids(settings.exclude_groups)
+    async for users, resume in _pages_in_scope(settings, graph, cursor.next_link, page_size):
+        in_scope = [u for u in users if u.id not in excluded]
+        changed = await _changed_users(graph, state, in_scope, force)
         if not dry_run:
             report.queued += await queue.send(SyncRequest(u.id, "reconcile", force) for u in changed)
         else:
             report.queued += len(changed)
-        report.scanned += len(users)
-        cursor.next_link, cursor.scanned, cursor.queued = next_link or "", report.scanned, report.queued
+        report.scanned += len(in_scope)
+        cursor.next_link, cursor.scanned, cursor.queued = resume, report.scanned, report.queued
         if not dry_run:
             await state.save_cursor(cursor)
             await state.acquire_lease(LEASE_NAME, owner, time_budget + 60)  # renew
-        if next_link and time.monotonic() > deadline:
+        if resume and time.monotonic() > deadline:
             log.info("reconcile paused", extra={"scanned": report.scanned, "queued": report.queued})
             return report
     report.complete = True
@@ -97,6 +97,25 @@ async def _run(settings: Settings, graph: GraphDirectory, state: StateStore, que
                                                 queued=report.queued))
     log.info("reconcile complete", extra={"scanned": report.scanned, "queued": report.queued})
     return report
+
+
+async def _pages_in_scope(settings: Settings, graph: GraphDirectory, resume: str,
+                          page_size: int) -> AsyncIterator[tuple[list[DirectoryUser], str]]:
+    """Pages of users in scope (all users, or each include group in turn), each with the token
+    that resumes after it: `"<source index>|<next link>"`, empty when the scan is complete."""
+    sources: list[str | None] = list(settings.include_groups) or [None]
+    start, _, link = resume.partition("|") if resume[:1].isdigit() else ("0", "", "")
+    first = int(start)
+    for index in range(first, len(sources)):
+        pages = graph.iter_user_pages(enabled_only=settings.enabled_only,
+                                      include_guests=settings.include_guests, page_size=page_size,
+                                      group_id=sources[index],
+                                      start_link=(link or None) if index == first else None)
+        async for users, next_link in pages:
+            if next_link:
+                yield users, f"{index}|{next_link}"
+            else:
+                yield users, f"{index + 1}|" if index + 1 < len(sources) else ""
 
 
 async def _changed_users(graph: GraphDirectory, state: StateStore, users: list[DirectoryUser],

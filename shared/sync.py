@@ -18,6 +18,7 @@ from enum import StrEnum
 from .credentials import CachingCredential, build_credential
 from .graph import DirectoryUser, GraphDirectory
 from .queue import SyncRequest
+from .scope import out_of_scope, scope_groups, uses_groups
 from .settings import Settings
 from .sharepoint import (
     PICTURE_TIMESTAMP,
@@ -93,10 +94,14 @@ async def sync_user(context: SyncContext, request: SyncRequest, dry_run: bool = 
         return SyncResult(request.user_id, "", Outcome.SKIPPED, "no such user in the directory")
     state = await context.state.get(user.id) or UserState(user_id=user.id)
     state.upn = user.upn
-    if user.account_enabled:
+    settings = context.settings
+    groups = await context.graph.member_of(user.id, scope_groups(settings)) \
+        if uses_groups(settings) else set()
+    skip_reason = out_of_scope(settings, user, groups)
+    if skip_reason is None:
         result = await _sync(context, user, state, request.force, dry_run)
     else:
-        result = SyncResult(user.id, user.upn, Outcome.SKIPPED, "account is disabled")
+        result = SyncResult(user.id, user.upn, Outcome.SKIPPED, skip_reason)
     if not dry_run:
         if result.outcome is not Outcome.UNCHANGED:
             state.outcome, state.reason = result.outcome.value, result.reason

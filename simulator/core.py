@@ -285,6 +285,19 @@ class TenantSimulator:
         """All users in directory order (the live list; do not mutate)."""
         return self._users
 
+    def group_members(self, group_id: str) -> list[User] | None:
+        """Users in a group (membership is stored flat, i.e. already transitive); None if unknown."""
+        members = self.tenant.groups.get(group_id.lower()) or self.tenant.groups.get(group_id)
+        if members is None:
+            return None
+        found = (self.find_user(key) for key in members)
+        return [u for u in found if u is not None]
+
+    def set_group(self, group_id: str, members: list[str]) -> None:
+        """Create or replace a group with these member ids or UPNs."""
+        with self._lock:
+            self.tenant.groups[group_id.lower()] = list(members)
+
     def add_user(self, user: User) -> None:
         """Add a user at the end of the directory."""
         with self._lock:

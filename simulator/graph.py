@@ -77,6 +77,17 @@ def route(sim: "TenantSimulator", req: Request) -> tuple[str, Handler]:
             return "photo.sized.meta", lambda: photo_meta(sim, req, segs[1], segs[3])
         if n == 5 and segs[2].lower() == "photos" and segs[4] == "$value" and m == "GET":
             return "photo.sized", lambda: photo_value(sim, segs[1], segs[3])
+        if n == 3 and segs[2].lower() == "checkmembergroups" and m == "POST":
+            return "users.checkMemberGroups", lambda: check_member_groups(sim, req, segs[1])
+    elif head == "groups":
+        if n == 4 and segs[2].lower() == "transitivemembers" and \
+                segs[3].lower() in ("microsoft.graph.user", "graph.user") and m == "GET":
+            members = sim.group_members(segs[1])
+            if members is None:
+                return "groups.members", lambda: error(404, "Request_ResourceNotFound",
+                                                       f"Resource '{segs[1]}' does not exist.")
+            return "groups.members", lambda: list_users(
+                sim, req, members, f"groups/{segs[1]}/transitiveMembers/microsoft.graph.user")
     elif head == "$batch" and n == 1 and m == "POST":
         if req.in_batch:
             return "unknown", lambda: error(400, "BadRequest", "Nested $batch is not allowed.")
@@ -193,8 +204,23 @@ def _decode_skiptoken(token: str) -> dict[str, Any]:
     return json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
 
 
-def list_users(sim: "TenantSimulator", req: Request) -> Response:
-    """GET /users with $select/$top/$filter/$skiptoken/$count."""
+def check_member_groups(sim: "TenantSimulator", req: Request, key: str) -> Response:
+    """POST /users/{id}/checkMemberGroups {"groupIds": [...]}: the given groups the user is in."""
+    user = sim.find_user(key)
+    if user is None:
+        return _not_found_user(key)
+    try:
+        group_ids = req.json()["groupIds"]
+    except (ValueError, KeyError, TypeError):
+        return error(400, "Request_BadRequest", "groupIds is required.")
+    member_of = [g for g in group_ids if user in (sim.group_members(g) or [])]
+    return json_response(200, {"@odata.context": f"{_base(sim)}/$metadata#Collection(Edm.String)",
+                               "value": member_of})
+
+
+def list_users(sim: "TenantSimulator", req: Request, users: list["User"] | None = None,
+               path: str = "users") -> Response:
+    """GET /users (or a group's transitive user members) with $select/$top/$filter/$skiptoken."""
     q = req.query
     if "$skiptoken" in q:
         try:
@@ -221,7 +247,7 @@ def list_users(sim: "TenantSimulator", req: Request) -> Response:
         except ValueError as exc:
             code = "Request_UnsupportedQuery" if "Unsupported" in str(exc) else "Request_BadRequest"
             return error(400, code, str(exc))
-    users = sim.users()
+    users = sim.users() if users is None else users
     total = len(users)
     page: list[dict[str, Any]] = []
     i = offset
@@ -244,7 +270,7 @@ def list_users(sim: "TenantSimulator", req: Request) -> Response:
         body["@odata.count"] = sum(1 for u in users if match is None or match(u))
     if more:
         token = _encode_skiptoken({"o": j, "s": select_s, "t": top, "f": filt})
-        body["@odata.nextLink"] = f"{_base(sim)}/users?$skiptoken={token}"
+        body["@odata.nextLink"] = f"{_base(sim)}/{path}?$skiptoken={token}"
     body["value"] = page
     return json_response(200, body)
 

@@ -76,6 +76,7 @@ class Tenant:
     photos_folder: str = DEFAULT_FOLDER
     users: list[User] = field(default_factory=list)
     options: TenantOptions = field(default_factory=TenantOptions)
+    groups: dict[str, list[str]] = field(default_factory=dict)  # group id -> member ids or UPNs
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Tenant":
@@ -92,6 +93,7 @@ class Tenant:
             photos_folder=(data.get("mysiteFolder") or DEFAULT_FOLDER).strip("/"),
             users=[User.from_json(u) for u in data.get("users", [])],
             options=options,
+            groups={g["id"]: list(g.get("members", [])) for g in data.get("groups", [])},
         )
 
     @classmethod
@@ -106,6 +108,7 @@ class Tenant:
             "options": {"appOnlyPropertyWrites": self.options.app_only_property_writes,
                         "noPhotoMetadataStyle": self.options.no_photo_metadata_style},
             "users": [u.to_json() for u in self.users],
+            "groups": [{"id": gid, "members": members} for gid, members in self.groups.items()],
         }
 
     def save(self, path: str | Path) -> None:
