@@ -1,0 +1,120 @@
+"""The client side of a benchmark, in its own process: `python -m bench.worker`.
+
+The parent (bench.run) keeps Azurite and the tenant simulator; this process runs only photo-sync
+(or the naive baseline) so its peak RSS and its CPU are photo-sync's alone. Protocol: one JSON
+command per line on stdin, one JSON answer per line on the original stdout (everything the code
+under test prints goes to stderr).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import resource
+import sys
+import time
+import traceback
+from typing import Any
+
+
+def max_rss_mb() -> float:
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return 0.0
+
+
+def cmd_warmup() -> dict[str, Any]:
+    """Import the app and get the three tokens, so timed runs measure steady work, not start-up."""
+    import function_app  # noqa: F401  (what the Functions worker imports at start)
+    from shared.credentials import scope_for
+    from shared.handlers import get_credential, get_settings, reset_process_caches
+
+    reset_process_caches()
+    settings = get_settings()
+    for url in (settings.graph_base_url, settings.mysite_url, settings.admin_url):
+        get_credential().get_token(scope_for(url))
+    return {"rss_mb": current_rss_mb(), "max_rss_mb": max_rss_mb()}
+
+
+def cmd_reconcile(profile: str = "") -> dict[str, Any]:
+    """One reconciliation exactly as the control queue / timer runs it (shared.handlers)."""
+    from shared.handlers import run_reconcile
+
+    profiler = None
+    if profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+    started = time.perf_counter()
+    report = asyncio.run(run_reconcile())
+    elapsed = time.perf_counter() - started
+    if profiler:
+        profiler.disable()
+        profiler.dump_stats(profile)
+    return {"elapsed": elapsed, "report": report.as_dict(), "rss_mb": current_rss_mb(),
+            "max_rss_mb": max_rss_mb()}
+
+
+def cmd_drain(expected: int, timeout: float = 600) -> dict[str, Any]:
+    """Run the sync_photo queue function on every queued message, as the Functions host would,
+    until `expected` messages were handled (no idle polling is counted in the time)."""
+    import function_app
+    from shared.handlers import get_settings
+    from simulator.functions_host import QueueWorker
+
+    async def go() -> dict[str, Any]:
+        worker = QueueWorker(function_app.app, get_settings().storage.connection_string or "",
+                             "sync_photo")
+        async with worker:
+            started = time.perf_counter()
+            handled = 0
+            deadline = started + timeout
+            while handled < expected and time.perf_counter() < deadline:
+                received = await worker.run_once()
+                handled += received
+                if not received:
+                    await asyncio.sleep(0.01)
+            elapsed = time.perf_counter() - started
+            return {"elapsed": elapsed, "handled": handled, "processed": worker.processed,
+                    "failures": worker.failures}
+
+    return asyncio.run(go())
+
+
+def cmd_baseline(sample: int, roots: dict[str, str], photos_folder: str,
+                 pause_ms: float = 0) -> dict[str, Any]:
+    from .baseline import run_baseline
+
+    return run_baseline(sample, roots, photos_folder, pause_ms)
+
+
+COMMANDS = {"warmup": cmd_warmup, "reconcile": cmd_reconcile, "drain": cmd_drain,
+            "baseline": cmd_baseline}
+
+
+def main() -> None:
+    protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints go to stderr, not the protocol
+    sys.stdout = sys.stderr
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        request = json.loads(line)
+        try:
+            answer = {"ok": True, "result": COMMANDS[request["cmd"]](**request.get("args", {}))}
+        except Exception:  # report it to the parent, which fails the run with the traceback
+            answer = {"ok": False, "error": traceback.format_exc()}
+        protocol.write(json.dumps(answer) + "\n")
+
+
+if __name__ == "__main__":
+    main()
