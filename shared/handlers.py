@@ -78,7 +78,7 @@ async def handle_sync_request(body: bytes) -> tuple[int, dict[str, Any]]:
     if everyone:
         await send_control(settings, {"action": "reconcile", "force": force})
         return 202, {"queued": 0, "reconcile": "scheduled", "force": force}
-    async with SyncQueue.from_settings(settings) as queue:
+    async with SyncQueue.from_settings(settings, interactive=True) as queue:
         queued = await queue.send(SyncRequest(u, "manual", force) for u in users)
     return 202, {"queued": queued}
 
@@ -140,7 +140,7 @@ async def handle_notification(params: dict[str, str], body: bytes) -> tuple[int,
     if parsed.rejected:
         log.warning("notification items dropped", extra={"dropped": dict(parsed.rejected)})
     if parsed.user_ids:
-        async with SyncQueue.from_settings(settings) as queue:
+        async with SyncQueue.from_settings(settings, interactive=True) as queue:
             await queue.send(SyncRequest(u, "notification") for u in parsed.user_ids)
     log.info("notifications queued", extra={"queued": len(parsed.user_ids)})
     return 202, "text/plain", ""
@@ -184,8 +184,9 @@ def control_queue_name(settings: Settings) -> str:
     return f"{settings.queue_name}-control"
 
 
-async def send_control(settings: Settings, message: dict[str, Any]) -> None:
-    client = queue_client(settings.storage, control_queue_name(settings))
+async def send_control(settings: Settings, message: dict[str, Any],
+                       interactive: bool = True) -> None:
+    client = queue_client(settings.storage, control_queue_name(settings), interactive=interactive)
     async with client:
         try:
             await client.create_queue()

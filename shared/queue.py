@@ -86,10 +86,18 @@ async def _aiter(items: Iterable[SyncRequest]) -> AsyncIterator[SyncRequest]:
         yield item
 
 
-def queue_client(storage: StorageSettings, queue_name: str) -> QueueClient:
-    """An async QueueClient that writes and reads base64 like the Functions host does."""
-    policies = {"message_encode_policy": TextBase64EncodePolicy(),
-                "message_decode_policy": TextBase64DecodePolicy()}
+def queue_client(storage: StorageSettings, queue_name: str, *, interactive: bool = False
+                 ) -> QueueClient:
+    """An async QueueClient that writes and reads base64 like the Functions host does.
+
+    Retries are bounded (the SDK default retries a dead endpoint for over a minute): a worker
+    gives up after about 8 s and its message is retried by the queue; an HTTP trigger
+    (`interactive`) after about 1 s, so Graph gets its 5xx quickly and re-delivers later.
+    """
+    retry = {"retry_total": 1, "initial_backoff": 0.5, "increment_base": 1} if interactive else \
+        {"retry_total": 3, "initial_backoff": 0.5, "increment_base": 1.5, "random_jitter_range": 1}
+    policies: dict[str, object] = {"message_encode_policy": TextBase64EncodePolicy(),
+                                   "message_decode_policy": TextBase64DecodePolicy(), **retry}
     if storage.connection_string:
         return QueueClient.from_connection_string(storage.connection_string, queue_name, **policies)
     from azure.identity.aio import ManagedIdentityCredential
@@ -108,8 +116,8 @@ class SyncQueue:
         self._created = False
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> SyncQueue:
-        return cls(queue_client(settings.storage, settings.queue_name))
+    def from_settings(cls, settings: Settings, *, interactive: bool = False) -> SyncQueue:
+        return cls(queue_client(settings.storage, settings.queue_name, interactive=interactive))
 
     async def ensure_exists(self) -> None:
         if not self._created:

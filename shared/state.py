@@ -76,14 +76,20 @@ class ReconcileCursor:
     last_completed_at: datetime | None = None
 
 
+# Bounded retries: the SDK default keeps retrying an unreachable endpoint for over a minute.
+_TABLE_RETRY = {"retry_total": 3, "retry_backoff_factor": 0.5, "retry_backoff_max": 4}
+
+
 def table_client(storage: StorageSettings, table_name: str) -> TableClient:
     if storage.connection_string:
-        return TableClient.from_connection_string(storage.connection_string, table_name)
+        return TableClient.from_connection_string(storage.connection_string, table_name,
+                                                  **_TABLE_RETRY)
     from azure.identity.aio import ManagedIdentityCredential
 
     assert storage.table_service_uri
     return TableClient(storage.table_service_uri, table_name,
-                       credential=ManagedIdentityCredential(client_id=storage.client_id))
+                       credential=ManagedIdentityCredential(client_id=storage.client_id),
+                       **_TABLE_RETRY)
 
 
 class StateStore:
