@@ -25,7 +25,8 @@ def _text(answer: tuple[int, str, str]) -> func.HttpResponse:
 @app.queue_trigger(arg_name="msg", queue_name="%PHOTO_SYNC_QUEUE%", connection="AzureWebJobsStorage")
 async def sync_photo(msg: func.QueueMessage) -> None:
     """One message, one user: copy their Microsoft 365 photo into SharePoint."""
-    await handlers.handle_sync_message(msg.get_body(), dequeue_count=msg.dequeue_count or 1)
+    await handlers.handle_sync_message(msg.get_body(), dequeue_count=msg.dequeue_count or 1,
+                                       message_id=msg.id or "")
 
 
 @app.function_name("sync_now")

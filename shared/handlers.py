@@ -52,14 +52,22 @@ def reset_process_caches() -> None:
     get_credential.cache_clear()
 
 
-async def handle_sync_message(body: str | bytes, dequeue_count: int = 1) -> SyncResult:
-    """Run one queued sync. Raises InvalidMessage or transient errors so the host retries/poisons."""
-    request = SyncRequest.from_json(body)
-    async with open_context(get_settings(), get_credential()) as context:
-        result = await sync_user(context, request)
-    log.info("queue message handled", extra={"user_id": request.user_id, "reason": request.reason,
-                                             "outcome": result.outcome.value,
-                                             "dequeue_count": dequeue_count})
+async def handle_sync_message(body: str | bytes, dequeue_count: int = 1,
+                              message_id: str = "") -> SyncResult:
+    """Run one queued sync. Raises InvalidMessage or transient errors so the host retries/poisons;
+    each failure is logged with the message id, so a poisoned message's reason can be found."""
+    context_fields = {"message_id": message_id, "dequeue_count": dequeue_count}
+    try:
+        request = SyncRequest.from_json(body)
+        async with open_context(get_settings(), get_credential()) as context:
+            result = await sync_user(context, request)
+    except Exception as error:
+        log.error("sync message failed: %s", error,
+                  extra={**context_fields, "error_type": type(error).__name__})
+        raise
+    log.info("queue message handled", extra={**context_fields, "user_id": request.user_id,
+                                             "reason": request.reason,
+                                             "outcome": result.outcome.value})
     return result
 
 

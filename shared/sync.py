@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -87,11 +88,32 @@ async def open_context(settings: Settings,
         await context.graph.close()
 
 
+class UserBusy(RuntimeError):
+    """Another worker is syncing this user right now; the queue retries this message later,
+    when the etag check makes it a no-op. Keeps 50 duplicate messages to one upload."""
+
+
+USER_LEASE_SECONDS = 60  # longer than one user's sync; a crashed worker's lease expires after it
+
+
 async def sync_user(context: SyncContext, request: SyncRequest, dry_run: bool = False) -> SyncResult:
     """Bring one user's SharePoint picture in line with their Microsoft 365 photo."""
     user = await context.graph.get_user(request.user_id)
     if user is None:
         return SyncResult(request.user_id, "", Outcome.SKIPPED, "no such user in the directory")
+    if dry_run:
+        return await _sync_and_record(context, user, request, dry_run=True)
+    owner, lease = uuid.uuid4().hex, f"user-{user.id}"
+    if not await context.state.acquire_lease(lease, owner, USER_LEASE_SECONDS):
+        raise UserBusy(f"user {user.id} is being synced by another worker")
+    try:
+        return await _sync_and_record(context, user, request, dry_run=False)
+    finally:
+        await context.state.release_lease(lease, owner)
+
+
+async def _sync_and_record(context: SyncContext, user: DirectoryUser, request: SyncRequest,
+                           dry_run: bool) -> SyncResult:
     state = await context.state.get(user.id) or UserState(user_id=user.id)
     state.upn = user.upn
     settings = context.settings

@@ -157,7 +157,8 @@ def _reply(handler: BaseHTTPRequestHandler, status: int, body: bytes, content_ty
 class QueueWorker:
     """Drains the app's queue trigger the way the Functions host does (base64, retries, poison)."""
 
-    def __init__(self, app: func.FunctionApp, connection_string: str, function_name: str) -> None:
+    def __init__(self, app: func.FunctionApp, connection_string: str, function_name: str,
+                 visibility_timeout: float | None = None) -> None:
         function = next(f for f in app_functions(app) if f.get_function_name() == function_name)
         if function.get_trigger().get_binding_name() != "queueTrigger":
             raise RuntimeError(f"{function_name} is not queue-triggered")
@@ -167,7 +168,8 @@ class QueueWorker:
         options = host_queue_options()
         self.batch_size = int(options.get("batchSize", 16))
         self.max_dequeue_count = int(options.get("maxDequeueCount", 5))
-        self.visibility_timeout = _timespan_seconds(options.get("visibilityTimeout", "00:00:00"))
+        self.visibility_timeout = _timespan_seconds(options.get("visibilityTimeout", "00:00:00")) \
+            if visibility_timeout is None else visibility_timeout
         policies = {"message_encode_policy": TextBase64EncodePolicy(),
                     "message_decode_policy": TextBase64DecodePolicy()}
         self.queue = QueueClient.from_connection_string(connection_string, self.queue_name, **policies)

@@ -1,0 +1,68 @@
+// Azure RBAC for the app's managed identity (and, optionally, the deploying user).
+// Microsoft Graph and SharePoint permissions are Entra ID app roles, not Azure RBAC: see
+// scripts/grant-permissions.sh and docs/permissions.md.
+param storageAccountName string
+param appInsightsName string
+param managedIdentityPrincipalId string
+@description('Deploying user (AZURE_PRINCIPAL_ID); empty: no assignment.')
+param userIdentityPrincipalId string = ''
+
+// Built-in role definition ids
+var storageBlobDataOwner = 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b' // host: deployment package, timer locks
+var storageQueueDataContributor = '974c5e8b-45b9-4653-ba55-5f855dd0fb88' // sync and control queues
+var storageTableDataContributor = '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3' // state table
+var storageTableDataReader = '76199698-9eea-4c19-bc75-cec21354c6b6' // deploying user: read the state table
+var monitoringMetricsPublisher = '3913510d-42f4-4e42-8a64-420c390055eb' // App Insights with Entra auth
+
+var identityStorageRoles = [
+  storageBlobDataOwner
+  storageQueueDataContributor
+  storageTableDataContributor
+]
+// The deploying user may read the state table and inspect or move poison messages; no blob access.
+var userStorageRoles = [
+  storageQueueDataContributor
+  storageTableDataReader
+]
+
+resource storageAccount 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
+  name: storageAccountName
+}
+
+resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing = {
+  name: appInsightsName
+}
+
+resource identityStorage 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
+  for roleId in identityStorageRoles: {
+    name: guid(storageAccount.id, managedIdentityPrincipalId, roleId)
+    scope: storageAccount
+    properties: {
+      roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleId)
+      principalId: managedIdentityPrincipalId
+      principalType: 'ServicePrincipal'
+    }
+  }
+]
+
+resource identityMonitoring 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(applicationInsights.id, managedIdentityPrincipalId, monitoringMetricsPublisher)
+  scope: applicationInsights
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', monitoringMetricsPublisher)
+    principalId: managedIdentityPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource userStorage 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
+  for roleId in userStorageRoles: if (!empty(userIdentityPrincipalId)) {
+    name: guid(storageAccount.id, userIdentityPrincipalId, roleId)
+    scope: storageAccount
+    properties: {
+      roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleId)
+      principalId: userIdentityPrincipalId
+      principalType: 'User'
+    }
+  }
+]
