@@ -11,7 +11,7 @@ import json
 import logging
 from typing import Any
 
-from azure.core.exceptions import ResourceExistsError
+from azure.core.exceptions import AzureError, ResourceExistsError
 
 from .credentials import CachingCredential, build_credential
 from .graph import GraphDirectory
@@ -86,8 +86,12 @@ async def handle_sync_request(body: bytes) -> tuple[int, dict[str, Any]]:
     if everyone:
         await send_control(settings, {"action": "reconcile", "force": force})
         return 202, {"queued": 0, "reconcile": "scheduled", "force": force}
-    async with SyncQueue.from_settings(settings, interactive=True) as queue:
-        queued = await queue.send(SyncRequest(u, "manual", force) for u in users)
+    try:
+        async with SyncQueue.from_settings(settings, interactive=True) as queue:
+            queued = await queue.send(SyncRequest(u, "manual", force) for u in users)
+    except AzureError as error:
+        log.error("could not queue users: %s", type(error).__name__)
+        return 503, {"error": "the storage queue is unavailable; retry later"}
     return 202, {"queued": queued}
 
 
@@ -148,8 +152,12 @@ async def handle_notification(params: dict[str, str], body: bytes) -> tuple[int,
     if parsed.rejected:
         log.warning("notification items dropped", extra={"dropped": dict(parsed.rejected)})
     if parsed.user_ids:
-        async with SyncQueue.from_settings(settings, interactive=True) as queue:
-            await queue.send(SyncRequest(u, "notification") for u in parsed.user_ids)
+        try:
+            async with SyncQueue.from_settings(settings, interactive=True) as queue:
+                await queue.send(SyncRequest(u, "notification") for u in parsed.user_ids)
+        except AzureError as error:  # 5xx makes Graph deliver again later: nothing is lost
+            log.error("could not queue notified users: %s", type(error).__name__)
+            return 503, "text/plain", ""
     log.info("notifications queued", extra={"queued": len(parsed.user_ids)})
     return 202, "text/plain", ""
 
