@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup demo test bench bench-large clean
+.PHONY: setup demo test bench bench-large audit clean
 
 setup: $(VENV)/.installed node_modules/.bin/azurite
 
@@ -29,6 +29,11 @@ bench: setup
 
 bench-large: setup
 	$(BIN)/python -m bench.run --sizes 1000,10000,100000
+
+# Needs the PyPI vulnerability service (not reachable from every build machine): not in `make test`.
+audit: setup
+	$(BIN)/python -m pip install --quiet pip-audit
+	$(BIN)/pip-audit -r requirements.txt
 
 clean:
 	rm -rf $(VENV) node_modules .run
