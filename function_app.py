@@ -36,6 +36,13 @@ async def sync_now(req: func.HttpRequest) -> func.HttpResponse:
     return _json(*await handlers.handle_sync_request(req.get_body()))
 
 
+@app.function_name("health")
+@app.route(route="health", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+async def health(req: func.HttpRequest) -> func.HttpResponse:
+    """Counts per outcome, last reconciliation, subscription expiry, queue depths."""
+    return _json(*await handlers.handle_health())
+
+
 @app.function_name("graph_webhook")
 @app.route(route="notifications", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
 async def graph_webhook(req: func.HttpRequest) -> func.HttpResponse:

@@ -64,7 +64,10 @@ param principalId string = ''
 @description('Most instances the Flex Consumption app may scale out to. Graph and SharePoint throttle per app, so more instances do not mean more throughput.')
 param maximumInstanceCount int = 40
 
-@allowed([2048, 4096])
+@allowed([
+  2048
+  4096
+])
 @description('Instance memory size of the Flex Consumption app.')
 param instanceMemoryMB int = 2048
 

@@ -12,11 +12,13 @@ import json
 import sys
 from collections.abc import AsyncIterator, Sequence
 
+from azure.identity import AzureCliCredential, DeviceCodeCredential
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from . import subscriptions
+from . import operations, subscriptions
+from .credentials import CachingCredential
 from .graph import GraphDirectory, GraphError
 from .handlers import get_credential, get_settings, run_reconcile
 from .queue import InvalidMessage, SyncRequest, check_user_key
@@ -56,10 +58,26 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     sync.set_defaults(run=_sync_command)
 
-    status = commands.add_parser("status", help="what photo-sync last did for users")
-    status.add_argument("users", nargs="*", metavar="USER", help="object id (default: everyone)")
+    status = commands.add_parser("status", help="tenant summary, or what photo-sync last did for "
+                                 "users")
+    status.add_argument("users", nargs="*", metavar="USER", help="object id")
+    status.add_argument("--all-users", action="store_true", help="one row per user")
     status.add_argument("--json", action="store_true")
     status.set_defaults(run=_status_command)
+
+    link = commands.add_parser("link-profiles", help="as a SharePoint administrator, link the "
+                               "profiles reported as needs_profile_link")
+    link.add_argument("--sign-in", choices=["device-code", "azure-cli"], default="device-code",
+                      help="device-code (default) or an existing `az login` session")
+    link.add_argument("--client-id", help="public client app registration for device-code sign-in")
+    link.add_argument("--dry-run", action="store_true")
+    link.add_argument("--json", action="store_true")
+    link.set_defaults(run=_link_command)
+
+    replay = commands.add_parser("replay-poison", help="move poisoned messages back to their queue")
+    replay.add_argument("--control", action="store_true", help="the control queue's poison queue")
+    replay.add_argument("--dry-run", action="store_true", help="only count them")
+    replay.set_defaults(run=_replay_command)
 
     reconcile = commands.add_parser("reconcile", help="queue every user whose photo changed")
     reconcile.add_argument("--force", action="store_true", help="queue everyone in scope")
@@ -147,7 +165,12 @@ def _print_results(results: list[SyncResult], as_json: bool) -> None:
 
 
 async def _status_command(args: argparse.Namespace) -> int:
-    store = StateStore.from_settings(get_settings())
+    settings = get_settings()
+    if not args.users and not args.all_users:
+        summary = await operations.tenant_summary(settings)
+        _print_summary(summary, args.json)
+        return 0
+    store = StateStore.from_settings(settings)
     try:
         if args.users:
             rows = [s for s in [await store.get(check_user_key(u)) for u in args.users] if s]
@@ -156,6 +179,63 @@ async def _status_command(args: argparse.Namespace) -> int:
     finally:
         await store.close()
     _print_states(rows, args.json)
+    return 0
+
+
+def _print_summary(summary: dict[str, object], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(summary))
+        return
+    console = Console()
+    outcomes = summary["outcomes"]
+    assert isinstance(outcomes, dict)
+    table = Table("outcome", "users", title=f"{summary['users']} users known to photo-sync")
+    for outcome, count in outcomes.items():
+        table.add_row(outcome, str(count))
+    console.print(table)
+    subscription = summary["subscription"]
+    console.print(f"last complete reconciliation: {summary['lastReconcile'] or 'never'}"
+                  + (" (one is in progress)" if summary["reconcileInProgress"] else ""))
+    console.print("subscription: " + (f"{subscription['id']}, expires {subscription['expiresAt']}"
+                                      if isinstance(subscription, dict) else "none"))
+    queues = summary["queues"]
+    assert isinstance(queues, dict)
+    console.print("queues: " + ", ".join(f"{name} {depth}" for name, depth in queues.items()))
+
+
+async def _link_command(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    if args.sign_in == "azure-cli":
+        credential = CachingCredential(AzureCliCredential(tenant_id=settings.tenant_id or ""))
+    else:
+        if not args.client_id:
+            raise InvalidMessage("--client-id is required for device-code sign-in: a public client "
+                                 "app registration with delegated SharePoint permissions "
+                                 "(see docs/permissions.md)")
+        credential = CachingCredential(DeviceCodeCredential(
+            client_id=args.client_id, tenant_id=settings.tenant_id or "organizations"))
+    results = []
+    console = Console(stderr=True)
+    with Progress(console=console, transient=True, disable=args.json) as bar:
+        task = bar.add_task("linking profiles", total=None)
+        async for result in operations.link_profiles(settings, credential, dry_run=args.dry_run):
+            results.append(result)
+            bar.advance(task)
+    if args.json:
+        for result in results:
+            print(json.dumps(result.__dict__))
+    else:
+        table = Table("user", "linked", "reason")
+        for result in results:
+            table.add_row(result.upn, "yes" if result.linked else "no", result.reason)
+        Console().print(table if results else "No profile needs linking.")
+    return 1 if any(not r.linked for r in results) and not args.dry_run else 0
+
+
+async def _replay_command(args: argparse.Namespace) -> int:
+    moved = await operations.replay_poison(get_settings(), control=args.control,
+                                           dry_run=args.dry_run)
+    print(f"{moved} message(s) {'waiting in' if args.dry_run else 'moved back from'} the poison queue")
     return 0
 
 

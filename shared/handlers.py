@@ -22,6 +22,7 @@ from .notifications import (
     validation_token,
 )
 from .queue import InvalidMessage, SyncQueue, SyncRequest, check_user_key, queue_client
+from .operations import tenant_summary
 from .reconcile import ReconcileReport, reconcile
 from .settings import Settings
 from .state import StateStore
@@ -131,6 +132,15 @@ def parse_sync_body(body: bytes) -> tuple[list[str], bool, bool]:
         except InvalidMessage as error:
             raise InvalidMessage(f"users[{index}]: {error}") from None
     return list(dict.fromkeys(checked)), False, force
+
+
+async def handle_health() -> tuple[int, dict[str, Any]]:
+    """GET /api/health: the tenant summary as JSON; 503 when storage cannot be read."""
+    try:
+        return 200, await tenant_summary(get_settings())
+    except AzureError as error:
+        log.error("health check could not read storage: %s", type(error).__name__)
+        return 503, {"error": "storage is unavailable"}
 
 
 # Graph change notifications

@@ -48,7 +48,7 @@ def test_a_failed_user_makes_the_exit_code_1_and_the_table_says_why(sim: TenantS
 
 def test_sync_all_then_status(sim: TenantSimulator) -> None:
     assert cli("sync", "--all", "--json").returncode == 0
-    status = cli("status", "--json")
+    status = cli("status", "--all-users", "--json")
     rows = [json.loads(line) for line in status.stdout.splitlines()]
     enabled_with_photo = [u for u in sim.users() if u.photo and u.accountEnabled]
     assert len([r for r in rows if r["outcome"] in ("updated", "needs_profile_link")]) == \

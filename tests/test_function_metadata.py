@@ -25,8 +25,8 @@ def trigger(name: str) -> dict[str, Any]:
 
 
 def test_every_function_is_declared() -> None:
-    assert set(bindings()) == {"sync_photo", "sync_now", "graph_webhook", "graph_lifecycle",
-                               "control", "reconcile"}
+    assert set(bindings()) == {"sync_photo", "sync_now", "health", "graph_webhook",
+                               "graph_lifecycle", "control", "reconcile"}
 
 
 def test_queue_triggers_read_the_queue_named_by_settings() -> None:
@@ -36,9 +36,11 @@ def test_queue_triggers_read_the_queue_named_by_settings() -> None:
     assert trigger("control")["queueName"] == "%PHOTO_SYNC_QUEUE%-control"
 
 
-def test_manual_trigger_needs_a_function_key_and_webhooks_do_not() -> None:
+def test_manual_trigger_and_health_need_a_function_key_and_webhooks_do_not() -> None:
     assert trigger("sync_now")["route"] == "sync"
-    assert "function" in str(trigger("sync_now")["authLevel"]).lower()
+    assert trigger("health")["route"] == "health"
+    for name in ("sync_now", "health"):
+        assert "function" in str(trigger(name)["authLevel"]).lower()
     for name, route in (("graph_webhook", "notifications"), ("graph_lifecycle", "lifecycle")):
         assert trigger(name)["route"] == route
         assert "anonymous" in str(trigger(name)["authLevel"]).lower()

@@ -1,0 +1,137 @@
+"""What an admin runs by hand: the tenant summary, poison-queue replay and the one-time profile link.
+
+The profile link is the one write SharePoint refuses to app-only identities; a SharePoint
+administrator signs in (delegated) and this sets PictureURL and its two companion properties for the
+users the app reported as `needs_profile_link`. Progress is recorded per user, so an interrupted run
+is simply run again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+
+from .credentials import CachingCredential
+from .queue import queue_client
+from .settings import Settings
+from .sharepoint import (
+    PICTURE_TIMESTAMP,
+    PICTURE_URL,
+    PLACEHOLDER_STATE,
+    ProfileWriteRefused,
+    SharePointError,
+    SharePointProfiles,
+)
+from .state import StateStore, UserState
+
+NEEDS_LINK = "needs_profile_link"
+
+
+async def queue_depth(settings: Settings, name: str) -> int:
+    """Approximate number of messages in a queue (0 when it does not exist yet)."""
+    async with queue_client(settings.storage, name, interactive=True) as client:
+        try:
+            properties = await client.get_queue_properties()
+        except ResourceNotFoundError:
+            return 0
+        return int(properties.approximate_message_count or 0)
+
+
+async def tenant_summary(settings: Settings) -> dict[str, Any]:
+    """Counts per outcome, last reconciliation, subscription expiry, queue and poison depth."""
+    store = StateStore.from_settings(settings)
+    try:
+        outcomes = Counter([state.outcome or "pending" async for state in store.all_users()])
+        cursor = await store.get_cursor()
+        subscription = await store.get_subscription()
+    finally:
+        await store.close()
+    queues = {name: await queue_depth(settings, name) for name in (
+        settings.queue_name, settings.poison_queue_name, f"{settings.queue_name}-control",
+        f"{settings.queue_name}-control-poison")}
+    return {
+        "users": sum(outcomes.values()),
+        "outcomes": dict(sorted(outcomes.items())),
+        "lastReconcile": cursor.last_completed_at.isoformat() if cursor.last_completed_at else None,
+        "reconcileInProgress": bool(cursor.next_link),
+        "subscription": {"id": subscription.subscription_id,
+                         "expiresAt": subscription.expires_at.isoformat()} if subscription else None,
+        "queues": queues,
+    }
+
+
+async def replay_poison(settings: Settings, *, control: bool = False, dry_run: bool = False) -> int:
+    """Move every message of `<queue>-poison` (or the control queue's) back to its queue."""
+    source = f"{settings.queue_name}{'-control' if control else ''}"
+    if dry_run:
+        return await queue_depth(settings, f"{source}-poison")
+    moved = 0
+    async with queue_client(settings.storage, f"{source}-poison") as poison, \
+            queue_client(settings.storage, source) as target:
+        try:
+            await target.create_queue()
+        except ResourceExistsError:
+            pass
+        try:
+            while batch := [m async for m in poison.receive_messages(max_messages=32,
+                                                                     visibility_timeout=60)]:
+                for message in batch:
+                    await target.send_message(message.content)
+                    await poison.delete_message(message)
+                    moved += 1
+        except ResourceNotFoundError:  # no poison queue: nothing ever failed for good
+            pass
+    return moved
+
+
+@dataclass(frozen=True)
+class LinkResult:
+    user_id: str
+    upn: str
+    linked: bool
+    reason: str
+
+
+async def users_needing_link(store: StateStore) -> AsyncIterator[UserState]:
+    async for state in store.all_users():
+        if state.outcome == NEEDS_LINK:
+            yield state
+
+
+async def link_profiles(settings: Settings, admin_credential: CachingCredential, *,
+                        dry_run: bool = False) -> AsyncIterator[LinkResult]:
+    """Link each `needs_profile_link` user's profile to their M thumbnail, as an administrator.
+
+    Each success is recorded at once (outcome `updated`), so a second run continues with the rest.
+    """
+    sharepoint = SharePointProfiles.from_settings(settings, admin_credential)
+    store = StateStore.from_settings(settings)
+    try:
+        pending = [state async for state in users_needing_link(store)]
+        for state in pending:
+            url = sharepoint.picture_url(state.upn)
+            if dry_run:
+                yield LinkResult(state.user_id, state.upn, False, f"dry run: would link to {url}")
+                continue
+            try:
+                await sharepoint.set_property(state.upn, PICTURE_URL, url)
+                await sharepoint.set_property(state.upn, PLACEHOLDER_STATE, "0")
+                await sharepoint.set_property(state.upn, PICTURE_TIMESTAMP, str(int(time.time())))
+            except ProfileWriteRefused as refused:
+                yield LinkResult(state.user_id, state.upn, False,
+                                 f"{refused}: sign in as a SharePoint administrator")
+                continue
+            except SharePointError as error:
+                yield LinkResult(state.user_id, state.upn, False, str(error))
+                continue
+            state.outcome, state.reason = "updated", "profile linked by an administrator"
+            await store.save(state)
+            yield LinkResult(state.user_id, state.upn, True, state.reason)
+    finally:
+        await sharepoint.close()
+        await store.close()
