@@ -19,7 +19,19 @@ from typing import Any
 
 
 def max_rss_mb() -> float:
-    """Peak resident set size of this process so far (Linux reports KiB)."""
+    """Peak resident set size of this process so far, in MiB.
+
+    VmHWM (the high-water mark of this process's own memory map) rather than getrusage's
+    ru_maxrss: Linux carries ru_maxrss across exec, and Python starts children with vfork, so a
+    worker's ru_maxrss starts at the *parent's* peak (the simulator's tenant), not its own.
+    """
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -135,7 +135,7 @@ async def _sync_many(context: SyncContext, keys: AsyncIterator[str], force: bool
             except (GraphError, SharePointError, OSError) as error:
                 return SyncResult(key, "", Outcome.FAILED, str(error))
 
-    pending: set[asyncio.Task[SyncResult]] = set()
+    pending: set[asyncio.Future[SyncResult]] = set()
     async for key in keys:
         pending.add(asyncio.ensure_future(one(key)))
         if len(pending) >= CONCURRENCY * 2:

@@ -12,9 +12,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from azure.core.credentials import AccessToken, TokenCredential
+from azure.core.credentials_async import AsyncTokenCredential
 from azure.identity import AzureCliCredential, CertificateCredential, ManagedIdentityCredential
+from azure.identity import aio as identity_aio
 
-from .settings import Settings
+from .settings import Settings, StorageSettings
 
 # Refresh this long before expiry so a token never expires in the middle of a user's sync.
 _REFRESH_MARGIN_SECONDS = 300
@@ -65,6 +67,18 @@ def build_credential(settings: Settings) -> CachingCredential:
     else:
         inner = ManagedIdentityCredential(client_id=settings.client_id)
     return CachingCredential(inner)
+
+
+def storage_credential(storage: StorageSettings) -> AsyncTokenCredential:
+    """The async credential for identity-based storage, of the same kind as for Graph."""
+    if storage.credential_kind == "azure-cli":
+        return identity_aio.AzureCliCredential(tenant_id=storage.tenant_id or "")
+    if storage.credential_kind == "certificate":
+        assert storage.tenant_id and storage.app_client_id and storage.certificate_path
+        return identity_aio.CertificateCredential(storage.tenant_id, storage.app_client_id,
+                                                  certificate_path=storage.certificate_path)
+    return identity_aio.ManagedIdentityCredential(client_id=storage.client_id or
+                                                  storage.app_client_id)
 
 
 def scope_for(url: str) -> str:

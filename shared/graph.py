@@ -128,6 +128,7 @@ class GraphDirectory:
         All users, or a group's transitive user members. `start_link` resumes from a next link
         saved by an earlier, interrupted run.
         """
+        builder: Any
         if group_id:
             # Group member listings filter only with advanced queries: filter here instead.
             builder = self.client.groups.by_group_id(group_id).transitive_members.graph_user
@@ -251,8 +252,8 @@ class GraphDirectory:
         info.set_stream_content(json.dumps(payload).encode(), "application/json")
         adapter = self.client.request_adapter
         try:
-            raw = await self._call(lambda: adapter.send_primitive_async(
-                info, "bytes", {"XXX": ODataError}))
+            raw = await self._call(lambda: adapter.send_primitive_async(  # type: ignore[func-returns-value]
+                info, "bytes", {"XXX": ODataError}))  # (kiota annotates it as returning None)
         except ODataError as error:
             raise _as_graph_error(error, "sending a $batch") from None
         answer = json.loads(raw or b"{}")

@@ -21,9 +21,9 @@ from .notifications import (
     parse_notifications,
     validation_token,
 )
-from .queue import InvalidMessage, SyncQueue, SyncRequest, check_user_key, queue_client
 from .operations import tenant_summary
-from .reconcile import ReconcileReport, reconcile
+from .queue import InvalidMessage, SyncQueue, SyncRequest, check_user_key, queue_client
+from .reconcile import DEFAULT_TIME_BUDGET_SECONDS, ReconcileReport, reconcile
 from .settings import Settings
 from .state import StateStore
 from .subscriptions import SubscriptionStatus, ensure_subscription, reauthorize
@@ -264,9 +264,9 @@ async def run_reconcile(force: bool = False, dry_run: bool = False,
     state = StateStore.from_settings(settings)
     queue = SyncQueue.from_settings(settings)
     try:
-        kwargs = {} if time_budget is None else {"time_budget": time_budget}
         report = await reconcile(settings, graph, state, queue, force=force, dry_run=dry_run,
-                                 **kwargs)
+                                 time_budget=DEFAULT_TIME_BUDGET_SECONDS if time_budget is None
+                                 else time_budget)
     finally:
         await graph.close()
         await state.close()

@@ -11,12 +11,13 @@ import json
 import re
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from azure.core.exceptions import ResourceExistsError
 from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
 from azure.storage.queue.aio import QueueClient
 
+from .credentials import storage_credential
 from .settings import Settings, StorageSettings
 
 Reason = Literal["notification", "manual", "reconcile"]
@@ -96,15 +97,13 @@ def queue_client(storage: StorageSettings, queue_name: str, *, interactive: bool
     """
     retry = {"retry_total": 1, "initial_backoff": 0.5, "increment_base": 1} if interactive else \
         {"retry_total": 3, "initial_backoff": 0.5, "increment_base": 1.5, "random_jitter_range": 1}
-    policies: dict[str, object] = {"message_encode_policy": TextBase64EncodePolicy(),
+    policies: dict[str, Any] = {"message_encode_policy": TextBase64EncodePolicy(),
                                    "message_decode_policy": TextBase64DecodePolicy(), **retry}
     if storage.connection_string:
         return QueueClient.from_connection_string(storage.connection_string, queue_name, **policies)
-    from azure.identity.aio import ManagedIdentityCredential
-
     assert storage.queue_service_uri
     return QueueClient(storage.queue_service_uri, queue_name,
-                       credential=ManagedIdentityCredential(client_id=storage.client_id), **policies)
+                       credential=storage_credential(storage), **policies)
 
 
 class SyncQueue:
@@ -134,7 +133,7 @@ class SyncQueue:
     async def send_all(self, requests: AsyncIterable[SyncRequest]) -> int:
         """Enqueue a stream of requests with bounded concurrency, never holding the whole stream."""
         await self.ensure_exists()
-        pending: set[asyncio.Task[object]] = set()
+        pending: set[asyncio.Future[Any]] = set()
         sent = 0
         try:
             async for request in requests:

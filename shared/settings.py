@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 CREDENTIAL_KINDS = ("managed-identity", "certificate", "azure-cli")
@@ -33,12 +33,17 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class StorageSettings:
-    """Where queues and tables live: a connection string, or identity-based service URIs."""
+    """Where queues and tables live: a connection string, or identity-based service URIs reached
+    with the credential PHOTO_SYNC_CREDENTIAL names (so the CLI works with `az login` too)."""
 
     connection_string: str | None
     queue_service_uri: str | None = None
     table_service_uri: str | None = None
-    client_id: str | None = None
+    client_id: str | None = None  # AzureWebJobsStorage__clientId: the user-assigned identity
+    credential_kind: str = "managed-identity"
+    tenant_id: str | None = None
+    app_client_id: str | None = None
+    certificate_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -112,7 +117,7 @@ class Settings:
         if len(sizes) != 3 or sorted(sizes) != list(sizes) or not all(16 <= s <= 1024 for s in sizes):
             reader.problem("THUMBNAIL_SIZES", "expects three increasing pixel sizes between 16 and "
                            "1024 for the S, M and L thumbnails, e.g. 48,72,200")
-            sizes = DEFAULT_THUMBNAIL_SIZES
+            sizes = list(DEFAULT_THUMBNAIL_SIZES)
 
         client_state = env.get("GRAPH_CLIENT_STATE") or None
         if client_state is not None and not 16 <= len(client_state) <= 128:
@@ -121,6 +126,8 @@ class Settings:
         lifecycle_default = _sibling_route(notification_url, "lifecycle") if notification_url else None
         lifecycle_url = reader.url("LIFECYCLE_NOTIFICATION_URL", lifecycle_default)
 
+        storage = replace(storage, credential_kind=credential_kind, tenant_id=tenant_id,
+                          app_client_id=client_id, certificate_path=certificate_path)
         settings = cls(
             storage=storage,
             queue_name=queue_name,

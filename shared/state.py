@@ -17,6 +17,7 @@ from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, Re
 from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient
 
+from .credentials import storage_credential
 from .settings import Settings, StorageSettings
 
 USER_PARTITION = "user"
@@ -63,6 +64,7 @@ class SubscriptionRecord:
     subscription_id: str
     expires_at: datetime
     notification_url: str
+    client_state_hash: str = ""  # sha256 of GRAPH_CLIENT_STATE: a rotated secret means recreate
 
 
 @dataclass
@@ -77,19 +79,16 @@ class ReconcileCursor:
 
 
 # Bounded retries: the SDK default keeps retrying an unreachable endpoint for over a minute.
-_TABLE_RETRY = {"retry_total": 3, "retry_backoff_factor": 0.5, "retry_backoff_max": 4}
+_TABLE_RETRY: dict[str, Any] = {"retry_total": 3, "retry_backoff_factor": 0.5, "retry_backoff_max": 4}
 
 
 def table_client(storage: StorageSettings, table_name: str) -> TableClient:
     if storage.connection_string:
         return TableClient.from_connection_string(storage.connection_string, table_name,
                                                   **_TABLE_RETRY)
-    from azure.identity.aio import ManagedIdentityCredential
-
     assert storage.table_service_uri
     return TableClient(storage.table_service_uri, table_name,
-                       credential=ManagedIdentityCredential(client_id=storage.client_id),
-                       **_TABLE_RETRY)
+                       credential=storage_credential(storage), **_TABLE_RETRY)
 
 
 class StateStore:
@@ -159,14 +158,16 @@ class StateStore:
         if not entity:
             return None
         return SubscriptionRecord(entity["subscription_id"], entity["expires_at"],
-                                  entity.get("notification_url", ""))
+                                  entity.get("notification_url", ""),
+                                  entity.get("client_state_hash", ""))
 
     async def save_subscription(self, record: SubscriptionRecord) -> None:
         await self._ensure_table()
         await self._client.upsert_entity({"PartitionKey": CONTROL_PARTITION, "RowKey": "subscription",
                                           "subscription_id": record.subscription_id,
                                           "expires_at": record.expires_at,
-                                          "notification_url": record.notification_url},
+                                          "notification_url": record.notification_url,
+                                          "client_state_hash": record.client_state_hash},
                                          mode=UpdateMode.REPLACE)
 
     async def forget_subscription(self) -> None:

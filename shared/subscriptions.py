@@ -6,6 +6,7 @@ or when NOTIFICATION_URL changed. Its id and expiry live in the state table.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -33,6 +34,10 @@ class SubscriptionStatus:
                 "expiresAt": self.expires_at.isoformat() if self.expires_at else ""}
 
 
+def client_state_hash(settings: Settings) -> str:
+    return hashlib.sha256((settings.client_state or "").encode()).hexdigest()
+
+
 def notifications_enabled(settings: Settings) -> bool:
     return bool(settings.notification_url and settings.client_state)
 
@@ -47,8 +52,10 @@ async def ensure_subscription(settings: Settings, graph: GraphDirectory, state: 
     if not notifications_enabled(settings):
         return SubscriptionStatus("disabled")
     record = await state.get_subscription()
-    if record and record.notification_url != settings.notification_url:
-        await graph.delete_subscription(record.subscription_id)  # the app moved: start afresh
+    if record and (record.notification_url != settings.notification_url or
+                   record.client_state_hash != client_state_hash(settings)):
+        # The app moved, or the secret was rotated: Graph would keep sending the old one.
+        await graph.delete_subscription(record.subscription_id)
         record = None
     if record and await graph.get_subscription(record.subscription_id) is None:
         log.warning("subscription gone from Graph; creating it again")
@@ -59,8 +66,8 @@ async def ensure_subscription(settings: Settings, graph: GraphDirectory, state: 
         expires = _new_expiry()
         if not await graph.renew_subscription(record.subscription_id, expires):
             return await _create(settings, graph, state)
-        await state.save_subscription(SubscriptionRecord(record.subscription_id, expires,
-                                                         record.notification_url))
+        record.expires_at = expires
+        await state.save_subscription(record)
         return SubscriptionStatus("renewed", record.subscription_id, expires)
     return SubscriptionStatus("unchanged", record.subscription_id, record.expires_at)
 
@@ -101,6 +108,7 @@ async def _create(settings: Settings, graph: GraphDirectory, state: StateStore) 
     subscription_id = created.id or ""
     expires = created.expiration_date_time or expires
     await state.save_subscription(SubscriptionRecord(subscription_id, expires,
-                                                     settings.notification_url))
+                                                     settings.notification_url,
+                                                     client_state_hash(settings)))
     log.info("subscription created", extra={"subscription_id": subscription_id})
     return SubscriptionStatus("created", subscription_id, expires)

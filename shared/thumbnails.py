@@ -70,7 +70,7 @@ def _decode(data: bytes, *, max_bytes: int, max_pixels: int, largest: int) -> Im
         with warnings.catch_warnings():
             # Pillow warns, then errors, on decompression bombs; our own pixel limit is stricter.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image: Image.Image = Image.open(io.BytesIO(data))
             width, height = image.size
             if width * height > max_pixels:
                 raise ImageRejected(f"the photo is {width}x{height} pixels, over the "

@@ -24,9 +24,9 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import azure.functions as func
+from azure.core.exceptions import ResourceExistsError
 from azure.functions.queue import QueueMessage  # the class the Python worker hands to functions
 from azure.functions.timer import TimerRequest
-from azure.core.exceptions import ResourceExistsError
 from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
 from azure.storage.queue.aio import QueueClient
 

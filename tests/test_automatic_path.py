@@ -134,6 +134,20 @@ def test_subscription_is_recreated_when_graph_lost_it(sim: TenantSimulator,
     assert [s.id for s in sim.subscriptions()] == [again.subscription_id]
 
 
+def test_a_rotated_client_state_recreates_the_subscription(
+        sim: TenantSimulator, functions_host: LocalFunctionsHost,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.handlers import reset_process_caches
+
+    created = ensure()
+    monkeypatch.setenv("GRAPH_CLIENT_STATE", "a-brand-new-rotated-client-state")
+    reset_process_caches()
+    again = ensure()
+    assert again.action == "created" and again.subscription_id != created.subscription_id
+    [subscription] = sim.subscriptions()
+    assert subscription.client_state == "a-brand-new-rotated-client-state"
+
+
 def test_reauthorization_required_keeps_the_subscription_and_reconciles(
         sim: TenantSimulator, functions_host: LocalFunctionsHost) -> None:
     created = ensure()

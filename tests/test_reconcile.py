@@ -175,7 +175,7 @@ def test_include_and_exclude_groups_limit_the_scan(big_sim: TenantSimulator,
     reset_process_caches()
     first = run_reconcile(time_budget=0)  # pauses inside group A: resumes across groups
     assert not first.complete
-    while not (report := run_reconcile(time_budget=0)).complete:
+    while not run_reconcile(time_budget=0).complete:
         pass
     queued = drain_queue()
     expected = {u.id for u in users[5:70]}

@@ -65,3 +65,17 @@ def test_admin_url_must_be_set_when_it_cannot_be_derived() -> None:
 def test_client_state_is_never_in_the_repr() -> None:
     settings = Settings.from_env({**BASE, "GRAPH_CLIENT_STATE": "s3cret-client-state-value"})
     assert "s3cret" not in repr(settings)
+
+
+def test_identity_based_storage_uses_the_configured_credential_kind() -> None:
+    from azure.identity import aio
+
+    from shared.credentials import storage_credential
+
+    env = {"SHAREPOINT_MYSITE_URL": BASE["SHAREPOINT_MYSITE_URL"],
+           "AzureWebJobsStorage__queueServiceUri": "https://st.queue.core.windows.net",
+           "AzureWebJobsStorage__tableServiceUri": "https://st.table.core.windows.net"}
+    for kind, expected in (("azure-cli", aio.AzureCliCredential),
+                           ("managed-identity", aio.ManagedIdentityCredential)):
+        storage = Settings.from_env({**env, "PHOTO_SYNC_CREDENTIAL": kind}).storage
+        assert isinstance(storage_credential(storage), expected)
