@@ -18,6 +18,7 @@ from .graph import GraphDirectory
 from .notifications import (
     MalformedNotification,
     NotificationTooLarge,
+    ParsedNotifications,
     parse_notifications,
     validation_token,
 )
@@ -145,15 +146,58 @@ async def handle_health() -> tuple[int, dict[str, Any]]:
 
 # Graph change notifications
 
-async def handle_notification(params: dict[str, str], body: bytes) -> tuple[int, str, str]:
-    """POST /api/notifications -> (status, content type, body). No Graph or SharePoint call here:
-    Graph wants an answer within 3 seconds, so users are only queued."""
-    early = _handshake_or_refusal(params, body)
-    if early:
-        return early
-    settings = get_settings()
+Answer = tuple[int, str, str]  # status, content type, body
+ACCEPTED: Answer = (202, "text/plain", "")
+STORAGE_DOWN: Answer = (503, "text/plain", "")  # Graph re-delivers after a 5xx: nothing is lost
+
+
+async def handle_notification(params: dict[str, str], body: bytes) -> Answer:
+    """POST /api/notifications. No Graph or SharePoint call here: Graph wants an answer within
+    3 seconds, so users are only queued."""
+    parsed = _accept(params, body)
+    if not isinstance(parsed, ParsedNotifications):
+        return parsed
+    if parsed.user_ids:
+        try:
+            async with SyncQueue.from_settings(get_settings(), interactive=True) as queue:
+                await queue.send(SyncRequest(u, "notification") for u in parsed.user_ids)
+        except AzureError as error:
+            log.error("could not queue notified users: %s", type(error).__name__)
+            return STORAGE_DOWN
+    log.info("notifications queued", extra={"queued": len(parsed.user_ids)})
+    return ACCEPTED
+
+
+async def handle_lifecycle(params: dict[str, str], body: bytes) -> Answer:
+    """POST /api/lifecycle: queue each lifecycle event for the control function."""
+    parsed = _accept(params, body)
+    if not isinstance(parsed, ParsedNotifications):
+        return parsed
     try:
-        parsed = parse_notifications(body, settings.client_state or "", settings.tenant_id)
+        for event, subscription_id in dict.fromkeys(parsed.lifecycle):
+            await send_control(get_settings(), {"action": "lifecycle", "event": event,
+                                                "subscriptionId": subscription_id})
+    except AzureError as error:
+        log.error("could not queue a lifecycle event: %s", type(error).__name__)
+        return STORAGE_DOWN
+    return ACCEPTED
+
+
+def _accept(params: dict[str, str], body: bytes) -> ParsedNotifications | Answer:
+    """What both webhooks do first: the validation handshake, the configuration check, and
+    parsing with clientState (and tenant) checks; an Answer when the request ends there."""
+    try:
+        token = validation_token(params)
+    except MalformedNotification:
+        return 400, "text/plain", ""
+    if token is not None:
+        return 200, "text/plain", token
+    settings = get_settings()
+    if not settings.client_state:
+        log.error("a notification arrived but GRAPH_CLIENT_STATE is not set; refusing it")
+        return 403, "text/plain", ""
+    try:
+        parsed = parse_notifications(body, settings.client_state, settings.tenant_id)
     except NotificationTooLarge:
         return 413, "text/plain", ""
     except MalformedNotification as error:
@@ -161,47 +205,7 @@ async def handle_notification(params: dict[str, str], body: bytes) -> tuple[int,
         return 400, "text/plain", ""
     if parsed.rejected:
         log.warning("notification items dropped", extra={"dropped": dict(parsed.rejected)})
-    if parsed.user_ids:
-        try:
-            async with SyncQueue.from_settings(settings, interactive=True) as queue:
-                await queue.send(SyncRequest(u, "notification") for u in parsed.user_ids)
-        except AzureError as error:  # 5xx makes Graph deliver again later: nothing is lost
-            log.error("could not queue notified users: %s", type(error).__name__)
-            return 503, "text/plain", ""
-    log.info("notifications queued", extra={"queued": len(parsed.user_ids)})
-    return 202, "text/plain", ""
-
-
-async def handle_lifecycle(params: dict[str, str], body: bytes) -> tuple[int, str, str]:
-    """POST /api/lifecycle: queue each lifecycle event for the control function."""
-    early = _handshake_or_refusal(params, body)
-    if early:
-        return early
-    settings = get_settings()
-    try:
-        parsed = parse_notifications(body, settings.client_state or "", settings.tenant_id)
-    except NotificationTooLarge:
-        return 413, "text/plain", ""
-    except MalformedNotification:
-        return 400, "text/plain", ""
-    for event, subscription_id in dict.fromkeys(parsed.lifecycle):
-        await send_control(settings, {"action": "lifecycle", "event": event,
-                                      "subscriptionId": subscription_id})
-    return 202, "text/plain", ""
-
-
-def _handshake_or_refusal(params: dict[str, str], body: bytes) -> tuple[int, str, str] | None:
-    """Answer Graph's validation handshake, or refuse when notifications are not configured."""
-    try:
-        token = validation_token(params)
-    except MalformedNotification:
-        return 400, "text/plain", ""
-    if token is not None:
-        return 200, "text/plain", token
-    if not get_settings().client_state:
-        log.error("a notification arrived but GRAPH_CLIENT_STATE is not set; refusing it")
-        return 403, "text/plain", ""
-    return None
+    return parsed
 
 
 # Control queue: reconciliations and subscription lifecycle, off the request path
