@@ -106,9 +106,10 @@ class SharePointProfiles:
         return f"{site_path}{self.folder_path}/{thumbnail_stem(upn)}_{suffix}Thumb.jpg"
 
     def picture_url(self, upn: str) -> str:
-        """The absolute URL SharePoint profiles use for PictureURL: the M thumbnail."""
+        """The absolute URL SharePoint profiles use for PictureURL: the M thumbnail, percent-encoded
+        (a guest's '#EXT#' would otherwise start a URL fragment)."""
         parts = urlsplit(self.mysite_url)
-        return f"{parts.scheme}://{parts.netloc}{self.file_path(upn, 'M')}"
+        return f"{parts.scheme}://{parts.netloc}{quote(self.file_path(upn, 'M'), safe='/')}"
 
     async def upload(self, upn: str, suffix: str, data: bytes) -> None:
         site_path = urlsplit(self.mysite_url).path.rstrip("/")

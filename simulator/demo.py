@@ -9,6 +9,7 @@ dropped notification repaired by the timer's reconciliation. Stops everything it
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 import os
 import secrets
 import time
@@ -19,7 +20,11 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from azure.identity import AzureCliCredential
+
+from shared.credentials import CachingCredential
 from shared.handlers import get_settings, reset_process_caches
+from shared.operations import LinkResult, link_profiles
 from shared.state import StateStore, UserState
 
 from .app_settings import local_app_settings
@@ -96,7 +101,18 @@ def run(sim: TenantSimulator, host: LocalFunctionsHost, key: str) -> None:
     host.wait_idle()
     console.print(f"After the timer's reconciliation, thumbnails changed: "
                   f"[bold]{thumbnail_digest(sim, other.userPrincipalName) != before}[/]")
+
+    console.rule("5. A SharePoint admin links the profiles still on a placeholder, once")
+    os.environ["SIM_TOKEN_KIND"] = "user"  # the stand-in `az login` is now a delegated admin
+    admin = CachingCredential(AzureCliCredential())
+    for result in asyncio.run(collect(link_profiles(get_settings(), admin))):
+        console.print(f"{result.upn}: {'linked' if result.linked else 'not linked'} "
+                      f"({result.reason}); PictureURL = {sim.profile(result.upn)['PictureURL']}")
     show_outcomes(sim)
+
+
+async def collect(results: AsyncIterator[LinkResult]) -> list[LinkResult]:
+    return [result async for result in results]
 
 
 def thumbnail_digest(sim: TenantSimulator, upn: str) -> bytes:

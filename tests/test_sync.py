@@ -228,3 +228,12 @@ def test_unknown_user_is_skipped(sim: TenantSimulator) -> None:
 def test_malformed_message_raises_so_it_ends_in_poison() -> None:
     with pytest.raises(ValueError, match="userId|user"):
         asyncio.run(function_app.sync_photo(QueueMessage(id="m", body=b'{"userId": "../x"}')))
+
+
+def test_a_guests_picture_url_is_a_valid_url(sim: TenantSimulator) -> None:
+    sim.app_only_property_writes = "allow"
+    guest = next(u for u in sim.users() if "#EXT#" in u.userPrincipalName)
+    sim.set_profile_property(guest.id, "PictureURL", "")
+    deliver(guest.id)
+    url = sim.profile(guest.id)["PictureURL"]
+    assert "%23EXT%23" in url and " " not in url and "#" not in url
