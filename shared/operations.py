@@ -8,7 +8,6 @@ is simply run again.
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,14 +18,7 @@ from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from .credentials import CachingCredential
 from .queue import queue_client
 from .settings import Settings
-from .sharepoint import (
-    PICTURE_TIMESTAMP,
-    PICTURE_URL,
-    PLACEHOLDER_STATE,
-    ProfileWriteRefused,
-    SharePointError,
-    SharePointProfiles,
-)
+from .sharepoint import ProfileWriteRefused, SharePointError, SharePointProfiles
 from .state import StateStore, UserState
 
 NEEDS_LINK = "needs_profile_link"
@@ -114,14 +106,12 @@ async def link_profiles(settings: Settings, admin_credential: CachingCredential,
     try:
         pending = [state async for state in users_needing_link(store)]
         for state in pending:
-            url = sharepoint.picture_url(state.upn)
             if dry_run:
-                yield LinkResult(state.user_id, state.upn, False, f"dry run: would link to {url}")
+                yield LinkResult(state.user_id, state.upn, False,
+                                 f"dry run: would link to {sharepoint.picture_url(state.upn)}")
                 continue
             try:
-                await sharepoint.set_property(state.upn, PICTURE_URL, url)
-                await sharepoint.set_property(state.upn, PLACEHOLDER_STATE, "0")
-                await sharepoint.set_property(state.upn, PICTURE_TIMESTAMP, str(int(time.time())))
+                await sharepoint.link_picture(state.upn)
             except ProfileWriteRefused as refused:
                 yield LinkResult(state.user_id, state.upn, False,
                                  f"{refused}: sign in as a SharePoint administrator")

@@ -7,6 +7,7 @@ Retry-After on 429/503 is honoured by Kiota's RetryHandler, the same middleware 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Generator
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlsplit
@@ -150,6 +151,17 @@ class SharePointProfiles:
         if response.status_code in (401, 403) or _APP_ONLY_REFUSAL in response.text:
             raise ProfileWriteRefused(_error_text(response))
         _raise_for_status(response, f"writing {name}")
+
+    async def link_picture(self, upn: str) -> None:
+        """Point the profile at the M thumbnail (uploaded first!) and mark it as a real picture."""
+        await self.set_property(upn, PICTURE_URL, self.picture_url(upn))
+        await self.set_property(upn, PLACEHOLDER_STATE, "0")
+        await self.set_property(upn, PICTURE_TIMESTAMP, str(int(time.time())))
+
+    async def unlink_picture(self, upn: str) -> None:
+        """Put the profile back on SharePoint's placeholder (before its files are deleted)."""
+        await self.set_property(upn, PICTURE_URL, "")
+        await self.set_property(upn, PLACEHOLDER_STATE, "1")
 
     async def close(self) -> None:
         await self._http.aclose()

@@ -9,7 +9,6 @@ and is retried; everything else is an Outcome recorded in the state table.
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -21,14 +20,7 @@ from .graph import DirectoryUser, GraphDirectory
 from .queue import SyncRequest
 from .scope import out_of_scope, scope_groups, uses_groups
 from .settings import Settings
-from .sharepoint import (
-    PICTURE_TIMESTAMP,
-    PICTURE_URL,
-    PLACEHOLDER_STATE,
-    Profile,
-    ProfileWriteRefused,
-    SharePointProfiles,
-)
+from .sharepoint import Profile, ProfileWriteRefused, SharePointProfiles
 from .state import StateStore, UserState
 from .thumbnails import ImageRejected, Thumbnails, make_thumbnails, placeholder_thumbnails
 
@@ -182,9 +174,7 @@ async def _link(context: SyncContext, upn: str, profile: Profile, picture_url: s
     if profile.links_to(picture_url):
         return result(Outcome.UPDATED, "thumbnails replaced")
     try:
-        await context.sharepoint.set_property(upn, PICTURE_URL, picture_url)
-        await context.sharepoint.set_property(upn, PLACEHOLDER_STATE, "0")
-        await context.sharepoint.set_property(upn, PICTURE_TIMESTAMP, str(int(time.time())))
+        await context.sharepoint.link_picture(upn)
     except ProfileWriteRefused as refused:
         log.info("profile link refused: %s", refused)
         return result(Outcome.NEEDS_PROFILE_LINK, "thumbnails uploaded; SharePoint refuses the "
@@ -205,8 +195,7 @@ async def _remove(context: SyncContext, user: DirectoryUser, state: UserState, d
     profile = await sharepoint.get_profile(user.upn)
     if profile and profile.links_to(sharepoint.picture_url(user.upn)):
         try:
-            await sharepoint.set_property(user.upn, PICTURE_URL, "")
-            await sharepoint.set_property(user.upn, PLACEHOLDER_STATE, "1")
+            await sharepoint.unlink_picture(user.upn)
         except ProfileWriteRefused:
             # The profile keeps pointing at our files: replace the picture instead of deleting it.
             await _upload(context, user.upn, placeholder_thumbnails(context.settings.thumbnail_sizes))
