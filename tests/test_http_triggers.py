@@ -155,3 +155,23 @@ def test_lifecycle_with_wrong_client_state_does_nothing(app_env: dict[str, str])
 def test_lifecycle_handshake(sim: TenantSimulator) -> None:
     response = call(function_app.graph_lifecycle, "lifecycle", params={"validationToken": "abc 123"})
     assert (response.status_code, response.get_body()) == (200, b"abc 123")
+
+
+def test_a_burst_of_notifications_is_answered_at_once_and_fanned_out(app_env: dict[str, str]) -> None:
+    from shared.handlers import handle_control_message
+
+    users = [f"{i:08x}-0000-4000-8000-000000000000" for i in range(1200)]
+    items = [notification(app_env, user) for user in users] + [notification(app_env, users[0])]
+    response = call(function_app.graph_webhook, "notifications", {"value": items})
+    assert response.status_code == 202
+    control = QueueClient.from_connection_string(app_env["AzureWebJobsStorage"],
+                                                 app_env["PHOTO_SYNC_QUEUE"] + "-control",
+                                                 message_decode_policy=TextBase64DecodePolicy())
+    chunks = [m.content for m in control.receive_messages(messages_per_page=32)]
+    assert len(chunks) == 3  # 500 + 500 + 200 user ids
+    for chunk in chunks:
+        assert asyncio.run(handle_control_message(chunk))["queued"] <= 500
+    client = QueueClient.from_connection_string(app_env["AzureWebJobsStorage"],
+                                                app_env["PHOTO_SYNC_QUEUE"],
+                                                message_decode_policy=TextBase64DecodePolicy())
+    assert client.get_queue_properties().approximate_message_count == 1200
