@@ -61,3 +61,16 @@ def test_bad_arguments_and_settings_are_explained(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("PHOTO_SYNC_CREDENTIAL", "password")
     done = cli("status")
     assert done.returncode == 2 and "PHOTO_SYNC_CREDENTIAL" in done.stderr
+
+
+def test_reconcile_and_subscription_commands(sim: TenantSimulator) -> None:
+    dry = cli("reconcile", "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    report = json.loads(dry.stdout)
+    assert report["complete"] and report["queued"] == len(
+        [u for u in sim.users() if u.photo and u.accountEnabled])
+    shown = cli("subscription", "show", "--json")
+    assert json.loads(shown.stdout)["action"] == "missing"
+    # without NOTIFICATION_URL there is nothing to subscribe to: said plainly, nothing created
+    ensured = cli("subscription", "ensure", "--json")
+    assert json.loads(ensured.stdout)["action"] == "disabled" and sim.subscriptions() == []
