@@ -28,7 +28,7 @@ from .reconcile import DEFAULT_TIME_BUDGET_SECONDS, ReconcileReport, reconcile
 from .settings import Settings
 from .state import StateStore
 from .subscriptions import SubscriptionStatus, ensure_subscription, reauthorize
-from .sync import SyncResult, open_context, sync_user
+from .sync import SyncResult, UserBusy, open_context, sync_user
 
 log = logging.getLogger("photo_sync")
 
@@ -65,6 +65,9 @@ async def handle_sync_message(body: str | bytes, dequeue_count: int = 1,
         request = SyncRequest.from_json(body)
         async with open_context(get_settings(), get_credential()) as context:
             result = await sync_user(context, request)
+    except UserBusy as busy:  # expected with duplicate messages: the retry is a no-op
+        log.info("%s; the queue retries this message", busy, extra=context_fields)
+        raise
     except Exception as error:
         log.error("sync message failed: %s", error,
                   extra={**context_fields, "error_type": type(error).__name__})
