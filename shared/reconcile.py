@@ -4,7 +4,8 @@ Graph documents no notification for a photo change, and notifications can be lat
 timer pages through every user in scope, reads photo etags 20 at a time with JSON $batch, compares
 them with the state table and queues only the users whose photo is new, changed or removed. An
 unchanged user costs 1/20 of a Graph request and no SharePoint request. Memory holds one page of
-users at a time; a run that reaches its time budget saves the page link and the next run resumes.
+users and a compact index of the state table (about 80 bytes per user); a run that reaches its
+time budget saves the page link and the next run resumes.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from .graph import BATCH_SIZE, PAGE_SIZE, DirectoryUser, GraphDirectory
 from .queue import SyncQueue, SyncRequest
 from .settings import Settings
-from .state import ReconcileCursor, StateStore, UserState, utc_now
+from .state import ReconcileCursor, SeenIndex, StateStore, utc_now
 
 log = logging.getLogger("photo_sync.reconcile")
 
@@ -39,15 +40,6 @@ class ReconcileReport:
     def as_dict(self) -> dict[str, object]:
         return {"scanned": self.scanned, "queued": self.queued, "complete": self.complete,
                 "resumed": self.resumed, "skipped": self.skipped}
-
-
-def needs_sync(state: UserState | None, etag: str | None) -> bool:
-    """Is this user's photo new, changed or removed since photo-sync last handled it?"""
-    if state is None:
-        return etag is not None
-    if etag is None:
-        return bool(state.uploaded_hash)  # removed upstream, still shown in SharePoint
-    return etag != state.seen_etag
 
 
 async def reconcile(settings: Settings, graph: GraphDirectory, state: StateStore, queue: SyncQueue,
@@ -76,9 +68,10 @@ async def _run(settings: Settings, graph: GraphDirectory, state: StateStore, que
     else:
         cursor = ReconcileCursor(started_at=utc_now(), last_completed_at=cursor.last_completed_at)
     excluded = await graph.group_member_ids(settings.exclude_groups)
+    seen = await state.seen_index() if not force else SeenIndex()
     async for users, resume in _pages_in_scope(settings, graph, cursor.next_link, page_size):
         in_scope = [u for u in users if u.id not in excluded]
-        changed = await _changed_users(graph, state, in_scope, force)
+        changed = in_scope if force else await _changed_users(graph, seen, in_scope)
         if not dry_run:
             report.queued += await queue.send(SyncRequest(u.id, "reconcile", force) for u in changed)
         else:
@@ -118,17 +111,16 @@ async def _pages_in_scope(settings: Settings, graph: GraphDirectory, resume: str
                 yield users, f"{index + 1}|" if index + 1 < len(sources) else ""
 
 
-async def _changed_users(graph: GraphDirectory, state: StateStore, users: list[DirectoryUser],
-                         force: bool) -> list[DirectoryUser]:
-    if force:
-        return users
+async def _changed_users(graph: GraphDirectory, seen: SeenIndex,
+                         users: list[DirectoryUser]) -> list[DirectoryUser]:
+    """Read the page's photo etags 20 at a time ($batch), a few batches at once, and keep the
+    users whose etag differs from what photo-sync last handled."""
     gate = asyncio.Semaphore(BATCH_CONCURRENCY)
 
     async def check(chunk: list[DirectoryUser]) -> list[DirectoryUser]:
-        ids = [u.id for u in chunk]
         async with gate:
-            etags, states = await asyncio.gather(graph.photo_etags(ids), state.seen_etags(ids))
-        return [u for u in chunk if needs_sync(states.get(u.id), etags.get(u.id))]
+            etags = await graph.photo_etags([u.id for u in chunk])
+        return [u for u in chunk if seen.needs_sync(u.id, etags.get(u.id))]
 
     chunks = [users[i:i + BATCH_SIZE] for i in range(0, len(users), BATCH_SIZE)]
     return [user for found in await asyncio.gather(*(check(c) for c in chunks)) for user in found]

@@ -6,8 +6,9 @@ SharePoint request. One table, partition `user`, row key = Entra object id.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Sequence
+import hashlib
+import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -22,8 +23,6 @@ from .settings import Settings, StorageSettings
 
 USER_PARTITION = "user"
 CONTROL_PARTITION = "control"
-# Table storage allows at most 15 discrete comparisons in one $filter.
-_FILTER_COMPARISONS = 15
 
 
 def utc_now() -> datetime:
@@ -82,6 +81,40 @@ class ReconcileCursor:
 _TABLE_RETRY: dict[str, Any] = {"retry_total": 3, "retry_backoff_factor": 0.5, "retry_backoff_max": 4}
 
 
+class SeenIndex:
+    """User object id -> (hash of the last handled photo etag, whether SharePoint holds our photo),
+    packed into one int per user and keyed by the id's 128-bit value."""
+
+    def __init__(self) -> None:
+        self._seen: dict[int, int] = {}
+
+    def add(self, user_id: str, seen_etag: str, uploaded: bool) -> None:
+        try:
+            key = uuid.UUID(user_id).int
+        except ValueError:  # not a row photo-sync wrote: never matches a Graph user
+            return
+        self._seen[key] = _etag_key(seen_etag) << 1 | uploaded
+
+    def needs_sync(self, user_id: str, etag: str | None) -> bool:
+        """Is this user's photo new, changed or removed since photo-sync last handled it?"""
+        packed = self._seen.get(uuid.UUID(user_id).int)
+        if packed is None:
+            return etag is not None  # never handled: only a user with a photo needs a sync
+        if etag is None:
+            return bool(packed & 1)  # removed upstream, still shown in SharePoint
+        return packed >> 1 != _etag_key(etag)
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
+def _etag_key(etag: str) -> int:
+    """A stable 63-bit digest of an etag (Python's own str hash differs between processes)."""
+    if not etag:
+        return 0
+    return int.from_bytes(hashlib.blake2b(etag.encode(), digest_size=8).digest(), "big") >> 1
+
+
 def table_client(storage: StorageSettings, table_name: str) -> TableClient:
     if storage.connection_string:
         return TableClient.from_connection_string(storage.connection_string, table_name,
@@ -128,21 +161,22 @@ class StateStore:
         async for entity in self._client.query_entities(f"PartitionKey eq '{USER_PARTITION}'"):
             yield UserState.from_entity(dict(entity))
 
-    async def seen_etags(self, user_ids: Sequence[str]) -> dict[str, UserState]:
-        """States of many users with few requests (15 row keys per query, queries in parallel)."""
+    async def seen_index(self) -> SeenIndex:
+        """What the reconciliation compares Graph with, for every user, in one partition scan.
+
+        One query (1,000 rows a page, three columns) instead of a lookup per user: Table Storage
+        answers OR-ed row keys with partition scans, which grew with the table. Kept compact:
+        about 80 bytes per user, so 100,000 users cost about 8 MB.
+        """
         await self._ensure_table()
-        chunks = [user_ids[i:i + _FILTER_COMPARISONS]
-                  for i in range(0, len(user_ids), _FILTER_COMPARISONS)]
-
-        async def query(chunk: Sequence[str]) -> list[UserState]:
-            keys = " or ".join(f"RowKey eq '{_quote(u)}'" for u in chunk)
-            entities = self._client.query_entities(f"PartitionKey eq '{USER_PARTITION}' and ({keys})")
-            return [UserState.from_entity(dict(e)) async for e in entities]
-
-        found: dict[str, UserState] = {}
-        for states in await asyncio.gather(*(query(c) for c in chunks)):
-            found.update((s.user_id, s) for s in states)
-        return found
+        index = SeenIndex()
+        entities = self._client.query_entities(
+            f"PartitionKey eq '{USER_PARTITION}'", select=["RowKey", "seen_etag", "uploaded_hash"],
+            results_per_page=1000)
+        async for entity in entities:
+            index.add(entity["RowKey"], entity.get("seen_etag") or "",
+                      bool(entity.get("uploaded_hash")))
+        return index
 
     # Control rows: the subscription, the reconcile cursor and its lease
 
@@ -226,7 +260,3 @@ class StateStore:
 
     async def close(self) -> None:
         await self._client.close()
-
-
-def _quote(value: str) -> str:
-    return value.replace("'", "''")
