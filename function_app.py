@@ -16,7 +16,7 @@ def _json(status: int, body: dict[str, object]) -> func.HttpResponse:
     return func.HttpResponse(json.dumps(body), status_code=status, mimetype="application/json")
 
 
-def _text(answer: tuple[int, str, str]) -> func.HttpResponse:
+def _text(answer: handlers.Answer) -> func.HttpResponse:
     status, mimetype, body = answer
     return func.HttpResponse(body, status_code=status, mimetype=mimetype)
 
