@@ -19,7 +19,7 @@ from rich.table import Table
 
 from . import operations, subscriptions
 from .credentials import CachingCredential
-from .graph import GraphDirectory, GraphError
+from .graph import GraphError
 from .handlers import get_credential, get_settings, run_reconcile
 from .queue import InvalidMessage, SyncRequest, check_user_key
 from .settings import SettingsError
@@ -170,14 +170,11 @@ async def _status_command(args: argparse.Namespace) -> int:
         summary = await operations.tenant_summary(settings)
         _print_summary(summary, args.json)
         return 0
-    store = StateStore.from_settings(settings)
-    try:
+    async with StateStore.from_settings(settings) as store:
         if args.users:
             rows = [s for s in [await store.get(check_user_key(u)) for u in args.users] if s]
         else:
             rows = [s async for s in store.all_users()]
-    finally:
-        await store.close()
     _print_states(rows, args.json)
     return 0
 
@@ -269,18 +266,13 @@ async def _reconcile_command(args: argparse.Namespace) -> int:
 
 async def _subscription_command(args: argparse.Namespace) -> int:
     settings = get_settings()
-    graph = GraphDirectory(settings, get_credential())
-    state = StateStore.from_settings(settings)
-    try:
+    async with open_context(settings, get_credential()) as context:
         if args.action == "ensure":
-            status = await subscriptions.ensure_subscription(settings, graph, state)
+            status = await subscriptions.ensure_subscription(settings, context.graph, context.state)
         elif args.action == "delete":
-            status = await subscriptions.delete(graph, state)
+            status = await subscriptions.delete(context.graph, context.state)
         else:
-            status = await subscriptions.show(state)
-    finally:
-        await graph.close()
-        await state.close()
+            status = await subscriptions.show(context.state)
     if args.json:
         print(json.dumps(status.as_dict()))
     else:

@@ -11,10 +11,9 @@ import json
 import logging
 from typing import Any
 
-from azure.core.exceptions import AzureError, ResourceExistsError
+from azure.core.exceptions import AzureError
 
 from .credentials import CachingCredential, build_credential
-from .graph import GraphDirectory
 from .notifications import (
     MalformedNotification,
     NotificationTooLarge,
@@ -23,10 +22,16 @@ from .notifications import (
     validation_token,
 )
 from .operations import tenant_summary
-from .queue import InvalidMessage, SyncQueue, SyncRequest, check_user_key, queue_client
+from .queue import (
+    InvalidMessage,
+    SyncQueue,
+    SyncRequest,
+    check_user_key,
+    create_queue_if_missing,
+    queue_client,
+)
 from .reconcile import DEFAULT_TIME_BUDGET_SECONDS, ReconcileReport, reconcile
 from .settings import Settings
-from .state import StateStore
 from .subscriptions import SubscriptionStatus, ensure_subscription, reauthorize
 from .sync import SyncResult, UserBusy, open_context, sync_user
 
@@ -235,10 +240,7 @@ async def send_control(settings: Settings, message: dict[str, Any],
                        interactive: bool = True) -> None:
     client = queue_client(settings.storage, control_queue_name(settings), interactive=interactive)
     async with client:
-        try:
-            await client.create_queue()
-        except ResourceExistsError:
-            pass
+        await create_queue_if_missing(client)
         await client.send_message(json.dumps(message))
 
 
@@ -267,16 +269,11 @@ async def handle_lifecycle_event(event: str, subscription_id: str) -> Subscripti
     """reauthorizationRequired -> reauthorize/renew; subscriptionRemoved -> recreate; missed and
     both others -> reconcile, because changes in the gap were not notified."""
     settings = get_settings()
-    graph = GraphDirectory(settings, get_credential())
-    state = StateStore.from_settings(settings)
-    try:
+    async with open_context(settings, get_credential()) as context:
         if event == "reauthorizationRequired":
-            status = await reauthorize(settings, graph, state, subscription_id)
+            status = await reauthorize(settings, context.graph, context.state, subscription_id)
         else:
-            status = await ensure_subscription(settings, graph, state)
-    finally:
-        await graph.close()
-        await state.close()
+            status = await ensure_subscription(settings, context.graph, context.state)
     await send_control(settings, {"action": "reconcile", "force": False})
     return status
 
@@ -285,17 +282,12 @@ async def run_reconcile(force: bool = False, dry_run: bool = False,
                         time_budget: float | None = None) -> ReconcileReport:
     """One reconciliation slice; when it pauses at its time budget, queue the continuation."""
     settings = get_settings()
-    graph = GraphDirectory(settings, get_credential())
-    state = StateStore.from_settings(settings)
-    queue = SyncQueue.from_settings(settings)
-    try:
-        report = await reconcile(settings, graph, state, queue, force=force, dry_run=dry_run,
+    async with open_context(settings, get_credential()) as context, \
+            SyncQueue.from_settings(settings) as queue:
+        report = await reconcile(settings, context.graph, context.state, queue, force=force,
+                                 dry_run=dry_run,
                                  time_budget=DEFAULT_TIME_BUDGET_SECONDS if time_budget is None
                                  else time_budget)
-    finally:
-        await graph.close()
-        await state.close()
-        await queue.close()
     if not report.complete and not report.skipped and not dry_run:
         await send_control(settings, {"action": "reconcile", "force": force})
     return report
@@ -304,12 +296,7 @@ async def run_reconcile(force: bool = False, dry_run: bool = False,
 async def handle_timer() -> dict[str, Any]:
     """The timer: keep the subscription alive, then reconcile everyone."""
     settings = get_settings()
-    graph = GraphDirectory(settings, get_credential())
-    state = StateStore.from_settings(settings)
-    try:
-        subscription = await ensure_subscription(settings, graph, state)
-    finally:
-        await graph.close()
-        await state.close()
+    async with open_context(settings, get_credential()) as context:
+        subscription = await ensure_subscription(settings, context.graph, context.state)
     report = await run_reconcile()
     return {"subscription": subscription.as_dict(), "reconcile": report.as_dict()}

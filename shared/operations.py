@@ -13,10 +13,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import ResourceNotFoundError
 
 from .credentials import CachingCredential
-from .queue import queue_client
+from .queue import create_queue_if_missing, queue_client
 from .settings import Settings
 from .sharepoint import ProfileWriteRefused, SharePointError, SharePointProfiles
 from .state import StateStore, UserState
@@ -36,13 +36,10 @@ async def queue_depth(settings: Settings, name: str) -> int:
 
 async def tenant_summary(settings: Settings) -> dict[str, Any]:
     """Counts per outcome, last reconciliation, subscription expiry, queue and poison depth."""
-    store = StateStore.from_settings(settings)
-    try:
+    async with StateStore.from_settings(settings) as store:
         outcomes = Counter([state.outcome or "pending" async for state in store.all_users()])
         cursor = await store.get_cursor()
         subscription = await store.get_subscription()
-    finally:
-        await store.close()
     queues = {name: await queue_depth(settings, name) for name in (
         settings.queue_name, settings.poison_queue_name, f"{settings.queue_name}-control",
         f"{settings.queue_name}-control-poison")}
@@ -65,10 +62,7 @@ async def replay_poison(settings: Settings, *, control: bool = False, dry_run: b
     moved = 0
     async with queue_client(settings.storage, f"{source}-poison") as poison, \
             queue_client(settings.storage, source) as target:
-        try:
-            await target.create_queue()
-        except ResourceExistsError:
-            pass
+        await create_queue_if_missing(target)
         try:
             while batch := [m async for m in poison.receive_messages(max_messages=32,
                                                                      visibility_timeout=60)]:

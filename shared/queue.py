@@ -106,6 +106,13 @@ def queue_client(storage: StorageSettings, queue_name: str, *, interactive: bool
                        credential=storage_credential(storage), **policies)
 
 
+async def create_queue_if_missing(client: QueueClient) -> None:
+    try:
+        await client.create_queue()
+    except ResourceExistsError:
+        pass
+
+
 class SyncQueue:
     """Sends sync requests to the photo-sync queue, many at a time."""
 
@@ -120,10 +127,7 @@ class SyncQueue:
 
     async def ensure_exists(self) -> None:
         if not self._created:
-            try:
-                await self._client.create_queue()
-            except ResourceExistsError:
-                pass
+            await create_queue_if_missing(self._client)
             self._created = True
 
     async def send(self, requests: Iterable[SyncRequest]) -> int:

@@ -260,3 +260,9 @@ class StateStore:
 
     async def close(self) -> None:
         await self._client.close()
+
+    async def __aenter__(self) -> StateStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -24,11 +24,12 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import azure.functions as func
-from azure.core.exceptions import ResourceExistsError
 from azure.functions.queue import QueueMessage  # the class the Python worker hands to functions
 from azure.functions.timer import TimerRequest
 from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
 from azure.storage.queue.aio import QueueClient
+
+from shared.queue import create_queue_if_missing
 
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("photo_sync.local_host")
@@ -180,10 +181,7 @@ class QueueWorker:
 
     async def __aenter__(self) -> QueueWorker:
         for client in (self.queue, self.poison):
-            try:
-                await client.create_queue()
-            except ResourceExistsError:
-                pass
+            await create_queue_if_missing(client)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
