@@ -12,6 +12,8 @@ import json
 import sys
 from collections.abc import AsyncIterator, Sequence
 
+import httpx
+from azure.core.exceptions import AzureError
 from azure.identity import AzureCliCredential, DeviceCodeCredential
 from rich.console import Console
 from rich.progress import Progress
@@ -25,7 +27,7 @@ from .queue import InvalidMessage, SyncRequest, check_user_key
 from .settings import SettingsError
 from .sharepoint import SharePointError
 from .state import StateStore, UserState
-from .sync import Outcome, SyncContext, SyncResult, open_context, sync_user
+from .sync import Outcome, SyncContext, SyncResult, UserBusy, open_context, sync_user
 
 CONCURRENCY = 8  # Graph photo endpoints allow 4 concurrent requests per mailbox; users differ
 
@@ -132,8 +134,9 @@ async def _sync_many(context: SyncContext, keys: AsyncIterator[str], force: bool
         async with gate:
             try:
                 return await sync_user(context, SyncRequest(key, "manual", force), dry_run=dry_run)
-            except (GraphError, SharePointError, OSError) as error:
-                return SyncResult(key, "", Outcome.FAILED, str(error))
+            except (GraphError, SharePointError, UserBusy, AzureError, httpx.HTTPError,
+                    OSError) as error:
+                return SyncResult(key, "", Outcome.FAILED, str(error) or type(error).__name__)
 
     pending: set[asyncio.Future[SyncResult]] = set()
     async for key in keys:

@@ -74,3 +74,12 @@ def test_reconcile_and_subscription_commands(sim: TenantSimulator) -> None:
     # without NOTIFICATION_URL there is nothing to subscribe to: said plainly, nothing created
     ensured = cli("subscription", "ensure", "--json")
     assert json.loads(ensured.stdout)["action"] == "disabled" and sim.subscriptions() == []
+
+
+def test_a_throttled_tenant_is_a_failed_row_not_a_crash(sim: TenantSimulator) -> None:
+    member = next(u for u in sim.users() if u.photo and u.accountEnabled)
+    sim.inject_fault(host="mysite", status=429, retry_after=1, count=100)
+    done = cli("sync", member.id, "--json")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    row = json.loads(done.stdout)
+    assert row["outcome"] == "failed" and "429" in row["reason"]
