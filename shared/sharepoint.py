@@ -94,7 +94,9 @@ class SharePointProfiles:
         self._http = http
         self.mysite_url = mysite_url.rstrip("/")
         self.admin_url = admin_url.rstrip("/")
-        self.folder_path = "/" + photos_folder.strip("/")
+        # server-relative, e.g. "/User Photos/Profile Pictures" (with the site's path, if any)
+        site_path = urlsplit(self.mysite_url).path.rstrip("/")
+        self.folder_path = f"{site_path}/{photos_folder.strip('/')}"
 
     @classmethod
     def from_settings(cls, settings: Settings, credential: CachingCredential) -> SharePointProfiles:
@@ -103,8 +105,7 @@ class SharePointProfiles:
 
     def file_path(self, upn: str, suffix: str) -> str:
         """Server-relative path of a thumbnail; `suffix` is S, M or L."""
-        site_path = urlsplit(self.mysite_url).path.rstrip("/")
-        return f"{site_path}{self.folder_path}/{thumbnail_stem(upn)}_{suffix}Thumb.jpg"
+        return f"{self.folder_path}/{thumbnail_stem(upn)}_{suffix}Thumb.jpg"
 
     def picture_url(self, upn: str) -> str:
         """The absolute URL SharePoint profiles use for PictureURL: the M thumbnail, percent-encoded
@@ -113,10 +114,9 @@ class SharePointProfiles:
         return f"{parts.scheme}://{parts.netloc}{quote(self.file_path(upn, 'M'), safe='/')}"
 
     async def upload(self, upn: str, suffix: str, data: bytes) -> None:
-        site_path = urlsplit(self.mysite_url).path.rstrip("/")
         name = f"{thumbnail_stem(upn)}_{suffix}Thumb.jpg"
         url = (f"{self.mysite_url}/_api/web/GetFolderByServerRelativePath("
-               f"decodedurl={odata_literal(site_path + self.folder_path)})"
+               f"decodedurl={odata_literal(self.folder_path)})"
                f"/Files/AddUsingPath(decodedurl={odata_literal(name)},Overwrite=true)")
         response = await self._http.post(url, content=data, headers={"Content-Type": "image/jpeg"})
         _raise_for_status(response, f"uploading {suffix} thumbnail")
