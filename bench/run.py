@@ -45,6 +45,21 @@ ONE_CHANGE_GOAL = {"graph": 3, "sharepoint": 4}  # user + photo meta + download;
 console = Console(width=140)
 
 
+Row = tuple[str, list[str], str]  # metric, one value per tenant size, goal
+
+
+def print_size_table(title: str, sizes: list[str], rows: list[Row]) -> None:
+    """One table of figures: a row per metric, a column per tenant size, then the goal."""
+    table = Table(title=title)
+    table.add_column("metric")
+    for size in sizes:
+        table.add_column(size, justify="right")
+    table.add_column("goal")
+    for name, values, goal in rows:
+        table.add_row(name, *values, goal)
+    console.print(table)
+
+
 # ------------------------------------------------------------------------------------------ helpers
 
 class Worker:
@@ -481,11 +496,6 @@ def print_tables(results: list[SizeResult], thumbs: list[dict[str, Any]],
                  args: argparse.Namespace) -> None:
     sizes = [f"{r.users:,} users" for r in results]
 
-    table = Table(title="Steady state: reconciliation, no photo changed")
-    table.add_column("metric")
-    for size in sizes:
-        table.add_column(size, justify="right")
-    table.add_column("goal")
     per_user = [r.steady["graph"] / r.users for r in results]
     rows = [
         ("Graph requests", [fmt(r.steady["graph"]) for r in results], ""),
@@ -505,15 +515,8 @@ def print_tables(results: list[SizeResult], thumbs: list[dict[str, Any]],
          [fmt(r.steady["peak_rss_mb"] - results[0].steady["peak_rss_mb"], 1) for r in results],
          "flat (≈ 0)"),
     ]
-    for name, values, goal in rows:
-        table.add_row(name, *values, goal)
-    console.print(table)
+    print_size_table("Steady state: reconciliation, no photo changed", sizes, rows)
 
-    table = Table(title="1 % of photos changed (no notification): photo-sync vs naive full re-upload")
-    table.add_column("metric")
-    for size in sizes:
-        table.add_column(size, justify="right")
-    table.add_column("goal")
     ratios = [(r.baseline["graph"] + r.baseline["sharepoint"]) / (r.changed["graph"] + r.changed["sharepoint"])
               for r in results]
     extrapolated = any(r.baseline["extrapolated"] for r in results)
@@ -536,20 +539,13 @@ def print_tables(results: list[SizeResult], thumbs: list[dict[str, Any]],
         ("changed thumbnails in SharePoint", [f"{r.changed['changed'] - len(r.changed['missing_thumbnails'])}"
                                               f"/{r.changed['changed']}" for r in results], "all"),
     ]
-    for name, values, goal in rows:
-        table.add_row(name, *values, goal)
-    console.print(table)
+    print_size_table("1 % of photos changed (no notification): photo-sync vs naive full re-upload", sizes, rows)
     if extrapolated:
         console.print(f"* baseline EXTRAPOLATED linearly from a sample of {args.baseline_sample} "
                       "users (the first users of the directory; 1 list page per 999 users added); "
                       f"pause between users {args.baseline_pause_ms:g} ms. Its wall time is "
                       "sequential, as the scripts run.")
 
-    table = Table(title="One change delivered by a Graph change notification")
-    table.add_column("metric")
-    for size in sizes:
-        table.add_column(size, justify="right")
-    table.add_column("goal")
     one = [r.one_change for r in results]
     rows = [
         ("Graph requests", [str(o["graph"]) for o in one],
@@ -562,15 +558,8 @@ def print_tables(results: list[SizeResult], thumbs: list[dict[str, Any]],
         ("set_photo → new L thumbnail (ms, median)", [fmt(o["median_seconds"] * 1000) for o in one], ""),
         ("  each run (ms)", [", ".join(fmt(r["seconds"] * 1000) for r in o["runs"]) for o in one], ""),
     ]
-    for name, values, goal in rows:
-        table.add_row(name, *values, goal)
-    console.print(table)
+    print_size_table("One change delivered by a Graph change notification", sizes, rows)
 
-    table = Table(title="Webhook burst: one POST of 1,000 change notifications (1,000 users)")
-    table.add_column("metric")
-    for size in sizes:
-        table.add_column(size, justify="right")
-    table.add_column("goal")
     bursts = [r.burst for r in results]
     rows = [
         ("time to the 202 (ms, median)", [fmt(b["median_seconds"] * 1000) for b in bursts],
@@ -583,9 +572,7 @@ def print_tables(results: list[SizeResult], thumbs: list[dict[str, Any]],
         ("  of which in control messages (fan-out later)",
          [fmt(max(x.get("deferred", 0) for x in b["runs"])) for b in bursts], ""),
     ]
-    for name, values, goal in rows:
-        table.add_row(name, *values, goal)
-    console.print(table)
+    print_size_table("Webhook burst: one POST of 1,000 change notifications (1,000 users)", sizes, rows)
 
     table = Table(title="Thumbnails: 648x648 JPEG → 48, 72, 200 px JPEGs (shared.thumbnails)")
     for column in ("image", "bytes", "runs", "median ms/user", "p90 ms", "min ms"):
