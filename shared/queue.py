@@ -10,7 +10,7 @@ import asyncio
 import json
 import re
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from azure.core.exceptions import ResourceExistsError
@@ -77,9 +77,6 @@ class SyncRequest:
         if not isinstance(force, bool):
             raise InvalidMessage("force must be true or false")
         return cls(user_id=check_user_key(body.get("userId")), reason=reason, force=force)
-
-    def as_dict(self) -> dict[str, object]:
-        return asdict(self)
 
 
 async def _aiter(items: Iterable[SyncRequest]) -> AsyncIterator[SyncRequest]:
