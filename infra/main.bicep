@@ -44,8 +44,15 @@ param excludeGroups string = ''
 @description('Microsoft Graph endpoint (GRAPH_BASE_URL); change only for national clouds.')
 param graphBaseUrl string = 'https://graph.microsoft.com/v1.0'
 
-@description('Library/folder of the thumbnails on the My Site host (SHAREPOINT_PHOTOS_FOLDER); the folder name follows the My Site language.')
-param photosFolder string = 'User Photos/Profile Pictures'
+@description('Override of the photos folder on the My Site host, e.g. User Photos/Profilbilder (SHAREPOINT_PHOTOS_FOLDER). Empty: learned from linked profiles or the User Photos library.')
+param photosFolder string = ''
+
+@description('File names for profiles still on a placeholder (SHAREPOINT_THUMBNAIL_NAMING): object-id, as SharePoint names them now, or upn.')
+@allowed(['object-id', 'upn'])
+param thumbnailNaming string = 'object-id'
+
+@description('CompanyName in the User-Agent NONISV|<organisation>|photo-sync/<version> (PHOTO_SYNC_ORGANISATION). Empty: the tenant name of the My Site host.')
+param organisation string = ''
 
 // Secret Graph echoes in every change notification (GRAPH_CLIENT_STATE). azd passes the value the
 // preprovision hook stored in the azd environment, so it is the same on every provision. The
@@ -212,6 +219,8 @@ module api './app/api.bicep' = {
     sharePointMySiteUrl: sharePointMySiteUrl
     sharePointAdminUrl: sharePointAdminUrl
     photosFolder: photosFolder
+    thumbnailNaming: thumbnailNaming
+    organisation: organisation
     graphClientState: graphClientState
     reconcileSchedule: reconcileSchedule
     includeGuests: includeGuests

@@ -38,6 +38,7 @@ from .settings import Settings
 
 USER_FIELDS = ["id", "userPrincipalName", "displayName", "mail", "accountEnabled", "userType"]
 BATCH_SIZE = 20  # Graph's JSON $batch limit
+CHECK_MEMBER_GROUPS_LIMIT = 20  # group ids per checkMemberGroups call
 BATCH_ATTEMPTS = 4  # throttled batch items are retried after their own Retry-After, this often
 MAX_RETRY_AFTER_SECONDS = 120.0
 PAGE_SIZE = 999  # Graph's maximum $top for users
@@ -76,7 +77,9 @@ class GraphDirectory:
     """The few Graph reads photo-sync needs, with 'not there' as a value rather than an error."""
 
     def __init__(self, settings: Settings, credential: CachingCredential) -> None:
-        self._http = httpx.AsyncClient(timeout=httpx.Timeout(60, connect=10), http2=True)
+        # Kiota's UserAgentHandler appends its own product token after our decoration.
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(60, connect=10), http2=True,
+                                       headers={"User-Agent": settings.user_agent})
         self.client = build_graph_client(settings, credential, self._http)
         self._credential = credential
         self._scope = scope_for(settings.graph_base_url)
@@ -186,14 +189,19 @@ class GraphDirectory:
         return members
 
     async def member_of(self, user_id: str, group_ids: Sequence[str]) -> set[str]:
-        """Which of these groups the user is a member of, transitively (one request)."""
-        body = CheckMemberGroupsPostRequestBody(group_ids=list(group_ids))
+        """Which of these groups the user is a member of, transitively: one request per 20 groups,
+        checkMemberGroups' limit (learn.microsoft.com/graph/api/user-checkmembergroups)."""
         builder = self.client.users.by_user_id(user_id).check_member_groups
-        try:
-            answer = await self._call(lambda: builder.post(body))
-        except ODataError as error:
-            raise _as_graph_error(error, "checking group membership") from None
-        return {g.lower() for g in (answer.value if answer else None) or []}
+        found: set[str] = set()
+        for start in range(0, len(group_ids), CHECK_MEMBER_GROUPS_LIMIT):
+            body = CheckMemberGroupsPostRequestBody(
+                group_ids=list(group_ids[start:start + CHECK_MEMBER_GROUPS_LIMIT]))
+            try:
+                answer = await self._call(lambda body=body: builder.post(body))  # type: ignore[misc]
+            except ODataError as error:
+                raise _as_graph_error(error, "checking group membership") from None
+            found.update(g.lower() for g in (answer.value if answer else None) or [])
+        return found
 
     async def get_photo_etag(self, user_id: str) -> str | None:
         """The photo's `@odata.mediaEtag`; None when the user has no photo.

@@ -18,7 +18,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from .credentials import CachingCredential
 from .queue import create_queue_if_missing, queue_client
 from .settings import Settings
-from .sharepoint import ProfileWriteRefused, SharePointError, SharePointProfiles
+from .sharepoint import ProfileWriteRefused, SharePointError, SharePointProfiles, new_stem
 from .state import StateStore, UserState
 
 NEEDS_LINK = "needs_profile_link"
@@ -100,12 +100,14 @@ async def link_profiles(settings: Settings, admin_credential: CachingCredential,
     try:
         pending = [state async for state in users_needing_link(store)]
         for state in pending:
+            # exactly the files the app uploaded for this user (recorded in the state table)
+            stem = state.picture_stem or new_stem(settings.thumbnail_naming, state.user_id, state.upn)
             if dry_run:
                 yield LinkResult(state.user_id, state.upn, False,
-                                 f"dry run: would link to {sharepoint.picture_url(state.upn)}")
+                                 f"dry run: would link to {await sharepoint.picture_url(stem)}")
                 continue
             try:
-                await sharepoint.link_picture(state.upn)
+                await sharepoint.link_picture(state.upn, stem)
             except ProfileWriteRefused as refused:
                 yield LinkResult(state.user_id, state.upn, False,
                                  f"{refused}: sign in as a SharePoint administrator")
@@ -114,6 +116,7 @@ async def link_profiles(settings: Settings, admin_credential: CachingCredential,
                 yield LinkResult(state.user_id, state.upn, False, str(error))
                 continue
             state.outcome, state.reason = "updated", "profile linked by an administrator"
+            state.picture_stem, state.profile_linked = stem, True
             await store.save(state)
             yield LinkResult(state.user_id, state.upn, True, state.reason)
     finally:

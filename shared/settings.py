@@ -14,7 +14,8 @@ from urllib.parse import urlsplit
 
 CREDENTIAL_KINDS = ("managed-identity", "certificate", "azure-cli")
 DEFAULT_GRAPH_BASE_URL = "https://graph.microsoft.com/v1.0"
-DEFAULT_PHOTOS_FOLDER = "User Photos/Profile Pictures"
+PHOTOS_LIBRARY = "User Photos"  # the library's URL; the folder inside it follows the My Site language
+THUMBNAIL_NAMINGS = ("object-id", "upn")
 DEFAULT_THUMBNAIL_SIZES = (48, 72, 200)
 DEFAULT_RECONCILE_SCHEDULE = "0 0 */6 * * *"
 
@@ -54,7 +55,7 @@ class Settings:
     graph_base_url: str
     mysite_url: str
     admin_url: str
-    photos_folder: str
+    photos_folder: str  # "User Photos/<folder>" from SHAREPOINT_PHOTOS_FOLDER, or "" to discover it
     thumbnail_sizes: tuple[int, int, int]
     credential_kind: str
     client_id: str | None
@@ -70,10 +71,20 @@ class Settings:
     enabled_only: bool = True
     include_groups: tuple[str, ...] = ()
     exclude_groups: tuple[str, ...] = ()
+    thumbnail_naming: str = "object-id"
+    organisation: str = "photo-sync"
 
     @property
     def poison_queue_name(self) -> str:
         return f"{self.queue_name}-poison"
+
+    @property
+    def user_agent(self) -> str:
+        """Traffic decoration Microsoft asks of every app (SharePoint/sp-dev-docs, "How to avoid
+        getting throttled or blocked in SharePoint Online"): undecorated traffic is throttled first."""
+        from . import __version__
+
+        return f"NONISV|{self.organisation}|photo-sync/{__version__}"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -119,6 +130,19 @@ class Settings:
                            "1024 for the S, M and L thumbnails, e.g. 48,72,200")
             sizes = list(DEFAULT_THUMBNAIL_SIZES)
 
+        photos_folder = reader.text("SHAREPOINT_PHOTOS_FOLDER", "").strip("/")
+        if photos_folder and photos_folder.count("/") != 1:
+            reader.problem("SHAREPOINT_PHOTOS_FOLDER", f"{photos_folder!r} is not '<library>/<folder>', "
+                           "e.g. 'User Photos/Profilbilder'; leave it empty to discover the folder")
+        naming = reader.text("SHAREPOINT_THUMBNAIL_NAMING", "object-id").lower()
+        if naming not in THUMBNAIL_NAMINGS:
+            reader.problem("SHAREPOINT_THUMBNAIL_NAMING", f"{naming!r} is not one of "
+                           f"{', '.join(THUMBNAIL_NAMINGS)}")
+        organisation = reader.text("PHOTO_SYNC_ORGANISATION", _tenant_name(mysite_url or ""))
+        if not _ORGANISATION.match(organisation):
+            reader.problem("PHOTO_SYNC_ORGANISATION", f"{organisation!r} must be 1-64 letters, digits, "
+                           "spaces, '.', '-' or '_' (it goes into the User-Agent header)")
+
         client_state = env.get("GRAPH_CLIENT_STATE") or None
         if client_state is not None and not 16 <= len(client_state) <= 128:
             reader.problem("GRAPH_CLIENT_STATE", "must be 16 to 128 characters (Graph allows 128)")
@@ -135,7 +159,7 @@ class Settings:
             graph_base_url=graph_base_url or DEFAULT_GRAPH_BASE_URL,
             mysite_url=mysite_url or "",
             admin_url=admin_url or "",
-            photos_folder=reader.text("SHAREPOINT_PHOTOS_FOLDER", DEFAULT_PHOTOS_FOLDER).strip("/"),
+            photos_folder=photos_folder,
             thumbnail_sizes=(sizes[0], sizes[1], sizes[2]),
             credential_kind=credential_kind,
             client_id=client_id,
@@ -151,12 +175,15 @@ class Settings:
             enabled_only=reader.flag("SYNC_ENABLED_ONLY", True),
             include_groups=reader.id_list("SYNC_INCLUDE_GROUPS"),
             exclude_groups=reader.id_list("SYNC_EXCLUDE_GROUPS"),
+            thumbnail_naming=naming,
+            organisation=organisation,
         )
         if reader.problems:
             raise SettingsError(reader.problems)
         return settings
 
 
+_ORGANISATION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$")
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
@@ -273,3 +300,9 @@ def _sibling_route(url: str, route: str) -> str:
     parts = urlsplit(url)
     path = parts.path.rsplit("/", 1)[0]
     return f"{parts.scheme}://{parts.netloc}{path}/{route}"
+
+
+def _tenant_name(mysite_url: str) -> str:
+    """The CompanyName of the traffic decoration by default: `contoso` for contoso-my.sharepoint.com."""
+    host = urlsplit(mysite_url).hostname or ""
+    return host.split("-my.", 1)[0] if "-my." in host else "photo-sync"

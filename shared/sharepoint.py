@@ -1,5 +1,10 @@
 """SharePoint Online REST with httpx: the User Photos library and the PeopleManager profile API.
 
+The profile's PictureURL decides which files people see. SharePoint names the thumbnails it makes
+itself after the user's Entra object id (`<object id>_MThumb.jpg`); older and admin-linked profiles use
+the UPN form (`adele_vance_contoso_com_MThumb.jpg`). So photo-sync overwrites whatever trio a profile
+links to, and only picks a name of its own for profiles still on a placeholder.
+
 Files go to the My Site host with the ResourcePath APIs (guest accounts contain '#', which the older
 ServerRelativeUrl APIs cannot address). Profile properties are read and written on the admin host.
 Retry-After on 429/503 is honoured by Kiota's RetryHandler, the same middleware Graph calls use.
@@ -7,9 +12,9 @@ Retry-After on 429/503 is honoured by Kiota's RetryHandler, the same middleware 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Generator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from urllib.parse import quote, unquote, urlsplit
 
 import httpx
@@ -18,12 +23,17 @@ from kiota_http.middleware import RetryHandler
 from kiota_http.middleware.options import RetryHandlerOption
 
 from .credentials import CachingCredential, scope_for
-from .settings import Settings
+from .settings import PHOTOS_LIBRARY, Settings
 
 JSON = "application/json;odata=nometadata"
 PICTURE_URL = "PictureURL"
 PLACEHOLDER_STATE = "SPS-PicturePlaceholderState"
 PICTURE_TIMESTAMP = "SPS-PictureTimestamp"
+EXCHANGE_SYNC_STATE = "SPS-PictureExchangeSyncState"
+SUFFIXES = ("S", "M", "L")
+_M_THUMB = "_mthumb.jpg"
+_DEFAULT_PORTS = {"https": 443, "http": 80}
+_DOTNET_EPOCH = datetime(1, 1, 1, tzinfo=timezone.utc)
 # What SharePoint says when an app-only token tries to write another user's profile properties.
 _APP_ONLY_REFUSAL = "managing your own data or have administrator privileges"
 
@@ -36,16 +46,39 @@ class ProfileWriteRefused(RuntimeError):
     """SharePoint refuses profile property writes to this (app-only) identity."""
 
 
+class PhotosFolderUnknown(SharePointError):
+    """The photos folder of the My Site host could not be found (nor was it configured)."""
+
+
 @dataclass(frozen=True)
 class Profile:
     account_name: str
-    picture_url: str
+    picture_url: str  # the PictureURL property as SharePoint stores it
     placeholder_state: str
 
-    def links_to(self, url: str) -> bool:
-        """True when the profile shows `url` (compared decoded and case-insensitively)."""
-        return bool(self.picture_url) and self.placeholder_state != "1" and \
-            unquote(self.picture_url).split("?")[0].lower() == unquote(url).lower()
+
+def comparable_url(url: str) -> tuple[str, str, str] | None:
+    """A URL as a browser resolves it: scheme and host lower-case, the default port dropped, the path
+    percent-decoded and case-folded (SharePoint paths are case-insensitive), the query ignored
+    (SharePoint adds `?t=<timestamp>` as a cache-buster). None for anything that is not a URL."""
+    parts = urlsplit(url.strip())
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    if not parts.scheme or not parts.hostname:
+        return None
+    scheme = parts.scheme.lower()
+    netloc = parts.hostname.lower()
+    if port is not None and port != _DEFAULT_PORTS.get(scheme):
+        netloc = f"{netloc}:{port}"
+    return scheme, netloc, unquote(parts.path).casefold()
+
+
+def same_file(first: str, second: str) -> bool:
+    """Do two URLs name the same SharePoint file (see comparable_url)?"""
+    a, b = comparable_url(first), comparable_url(second)
+    return a is not None and a == b
 
 
 def claims_account(upn: str) -> str:
@@ -53,9 +86,22 @@ def claims_account(upn: str) -> str:
     return f"i:0#.f|membership|{upn.lower()}"
 
 
-def thumbnail_stem(upn: str) -> str:
-    """`{account}` in `{account}_MThumb.jpg`: the UPN with '@' and '.' replaced by '_'."""
+def upn_stem(upn: str) -> str:
+    """The UPN form of a thumbnail stem: '@' and '.' replaced by '_' (PnP Core.ProfilePictureUploader)."""
     return upn.replace("@", "_").replace(".", "_")
+
+
+def new_stem(naming: str, user_id: str, upn: str) -> str:
+    """The stem photo-sync gives a profile still on a placeholder. The object-id form is what
+    SharePoint itself uses now, and it survives a UPN rename; `upn` is the older convention."""
+    return upn_stem(upn) if naming == "upn" else user_id.lower()
+
+
+def picture_timestamp(now: datetime | None = None) -> str:
+    """SPS-PictureTimestamp as SharePoint writes it: whole seconds since 0001-01-01 UTC (.NET ticks
+    / 10^7; 63799442436 in the CLI for Microsoft 365 docs), not Unix seconds."""
+    moment = now or datetime.now(timezone.utc)
+    return str(int((moment - _DOTNET_EPOCH).total_seconds()))
 
 
 def odata_literal(value: str) -> str:
@@ -79,9 +125,10 @@ class BearerAuth(httpx.Auth):
             yield request
 
 
-def build_http_client(credential: CachingCredential, max_retries: int = 3) -> httpx.AsyncClient:
+def build_http_client(credential: CachingCredential, user_agent: str,
+                      max_retries: int = 3) -> httpx.AsyncClient:
     client = httpx.AsyncClient(auth=BearerAuth(credential), timeout=httpx.Timeout(60, connect=10),
-                               http2=True, headers={"Accept": JSON})
+                               http2=True, headers={"Accept": JSON, "User-Agent": user_agent})
     retry = RetryHandler(RetryHandlerOption(max_retries=max_retries))
     return KiotaClientFactory.create_with_custom_middleware([retry], client=client)
 
@@ -90,40 +137,92 @@ class SharePointProfiles:
     """Thumbnail files on the My Site host and picture properties on the admin host."""
 
     def __init__(self, http: httpx.AsyncClient, mysite_url: str, admin_url: str,
-                 photos_folder: str) -> None:
+                 photos_folder: str = "") -> None:
         self._http = http
         self.mysite_url = mysite_url.rstrip("/")
         self.admin_url = admin_url.rstrip("/")
-        # server-relative, e.g. "/User Photos/Profile Pictures" (with the site's path, if any)
-        site_path = urlsplit(self.mysite_url).path.rstrip("/")
-        self.folder_path = f"{site_path}/{photos_folder.strip('/')}"
+        self._site_path = urlsplit(self.mysite_url).path.rstrip("/")
+        self.library_path = f"{self._site_path}/{PHOTOS_LIBRARY}"
+        # server-relative, e.g. "/User Photos/Profile Pictures"; None until learned or discovered
+        self._folder: str | None = f"{self._site_path}/{photos_folder.strip('/')}" \
+            if photos_folder else None
+        self.folder_source = "setting" if photos_folder else ""
 
     @classmethod
     def from_settings(cls, settings: Settings, credential: CachingCredential) -> SharePointProfiles:
-        return cls(build_http_client(credential), settings.mysite_url, settings.admin_url,
-                   settings.photos_folder)
+        return cls(build_http_client(credential, settings.user_agent), settings.mysite_url,
+                   settings.admin_url, settings.photos_folder)
 
-    def file_path(self, upn: str, suffix: str) -> str:
-        """Server-relative path of a thumbnail; `suffix` is S, M or L."""
-        return f"{self.folder_path}/{thumbnail_stem(upn)}_{suffix}Thumb.jpg"
+    # The photos folder: its name follows the My Site language ("Profilbilder" in German, pnp/PnP
+    # #1419), so it is learned from a linked profile's PictureURL, else read from the library.
 
-    def picture_url(self, upn: str) -> str:
-        """The absolute URL SharePoint profiles use for PictureURL: the M thumbnail, percent-encoded
+    async def folder_path(self) -> str:
+        """The photos folder, server-relative: configured, learned from a profile, or discovered."""
+        if self._folder is None:
+            self._folder = await self._discover_folder()
+            self.folder_source = "library"
+        return self._folder
+
+    async def _discover_folder(self) -> str:
+        url = (f"{self.mysite_url}/_api/web/GetFolderByServerRelativePath("
+               f"decodedurl={odata_literal(self.library_path)})/Folders")
+        response = await self._http.get(url)
+        if response.status_code == 404:
+            raise PhotosFolderUnknown(
+                f"the My Site host has no '{PHOTOS_LIBRARY}' library yet (SharePoint creates it with "
+                "the first profile picture); set SHAREPOINT_PHOTOS_FOLDER, e.g. "
+                "'User Photos/Profile Pictures'")
+        _raise_for_status(response, f"listing the folders of {PHOTOS_LIBRARY}")
+        folders = [f for f in response.json().get("value") or []
+                   if f.get("Name") and f["Name"] != "Forms" and f.get("ServerRelativeUrl")]
+        if not folders:
+            raise PhotosFolderUnknown(f"'{PHOTOS_LIBRARY}' holds no photos folder; set "
+                                      "SHAREPOINT_PHOTOS_FOLDER")
+        fullest = max(folders, key=lambda f: int(f.get("ItemCount") or 0))
+        return str(fullest["ServerRelativeUrl"]).rstrip("/")
+
+    def _learn_folder(self, directory: str) -> None:
+        """Adopt the folder a linked profile's picture lives in, if it is a folder of User Photos."""
+        parent, _, name = directory.rpartition("/")
+        if self._folder is None and name and parent.casefold() == self.library_path.casefold():
+            self._folder = directory
+            self.folder_source = "profile"
+
+    async def linked_stem(self, profile: Profile) -> str | None:
+        """The stem of the S/M/L trio the profile shows, when its PictureURL names an `_MThumb.jpg`
+        in the photos folder of this My Site host (whatever the name: object id, UPN form, guest);
+        None for a placeholder or a picture elsewhere."""
+        target, mysite = comparable_url(profile.picture_url), comparable_url(self.mysite_url)
+        if target is None or mysite is None or target[:2] != mysite[:2]:
+            return None
+        path = unquote(urlsplit(profile.picture_url.strip()).path)
+        directory, _, name = path.rpartition("/")
+        if not name.lower().endswith(_M_THUMB) or len(name) == len(_M_THUMB):
+            return None
+        self._learn_folder(directory)
+        if directory.casefold() != (await self.folder_path()).casefold():
+            return None
+        return name[:-len(_M_THUMB)]
+
+    async def picture_url(self, stem: str) -> str:
+        """The absolute URL of a stem's M thumbnail, percent-encoded as SharePoint writes PictureURL
         (a guest's '#EXT#' would otherwise start a URL fragment)."""
         parts = urlsplit(self.mysite_url)
-        return f"{parts.scheme}://{parts.netloc}{quote(self.file_path(upn, 'M'), safe='/')}"
+        path = f"{await self.folder_path()}/{stem}_MThumb.jpg"
+        return f"{parts.scheme}://{parts.netloc}{quote(path, safe='/')}"
 
-    async def upload(self, upn: str, suffix: str, data: bytes) -> None:
-        name = f"{thumbnail_stem(upn)}_{suffix}Thumb.jpg"
+    async def upload(self, stem: str, suffix: str, data: bytes) -> None:
         url = (f"{self.mysite_url}/_api/web/GetFolderByServerRelativePath("
-               f"decodedurl={odata_literal(self.folder_path)})"
-               f"/Files/AddUsingPath(decodedurl={odata_literal(name)},Overwrite=true)")
+               f"decodedurl={odata_literal(await self.folder_path())})"
+               f"/Files/AddUsingPath(decodedurl={odata_literal(f'{stem}_{suffix}Thumb.jpg')},"
+               f"Overwrite=true)")
         response = await self._http.post(url, content=data, headers={"Content-Type": "image/jpeg"})
         _raise_for_status(response, f"uploading {suffix} thumbnail")
 
-    async def delete(self, upn: str, suffix: str) -> None:
+    async def delete(self, stem: str, suffix: str) -> None:
+        path = f"{await self.folder_path()}/{stem}_{suffix}Thumb.jpg"
         url = (f"{self.mysite_url}/_api/web/GetFileByServerRelativePath("
-               f"decodedurl={odata_literal(self.file_path(upn, suffix))})")
+               f"decodedurl={odata_literal(path)})")
         response = await self._http.post(url, headers={"X-HTTP-Method": "DELETE", "IF-MATCH": "*"})
         if response.status_code != 404:
             _raise_for_status(response, f"deleting {suffix} thumbnail")
@@ -152,16 +251,21 @@ class SharePointProfiles:
             raise ProfileWriteRefused(_error_text(response))
         _raise_for_status(response, f"writing {name}")
 
-    async def link_picture(self, upn: str) -> None:
-        """Point the profile at the M thumbnail (uploaded first!) and mark it as a real picture."""
-        await self.set_property(upn, PICTURE_URL, self.picture_url(upn))
+    async def link_picture(self, upn: str, stem: str) -> None:
+        """Point the profile at a stem's M thumbnail (uploaded first!) the way SharePoint links a
+        profile itself: PictureURL without a query, placeholder state 0, the timestamp in SharePoint's
+        epoch, and Exchange sync state 1, as on profiles SharePoint synced from Exchange (CLI for
+        Microsoft 365 userprofile-get.mdx; PnP's uploader writes 0 for photos NOT from Exchange)."""
+        await self.set_property(upn, PICTURE_URL, await self.picture_url(stem))
         await self.set_property(upn, PLACEHOLDER_STATE, "0")
-        await self.set_property(upn, PICTURE_TIMESTAMP, str(int(time.time())))
+        await self.set_property(upn, PICTURE_TIMESTAMP, picture_timestamp())
+        await self.set_property(upn, EXCHANGE_SYNC_STATE, "1")
 
     async def unlink_picture(self, upn: str) -> None:
-        """Put the profile back on SharePoint's placeholder (before its files are deleted)."""
+        """Put the profile back on SharePoint's placeholder."""
         await self.set_property(upn, PICTURE_URL, "")
         await self.set_property(upn, PLACEHOLDER_STATE, "1")
+        await self.set_property(upn, PICTURE_TIMESTAMP, picture_timestamp())
 
     async def close(self) -> None:
         await self._http.aclose()

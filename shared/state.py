@@ -38,6 +38,8 @@ class UserState:
     seen_etag: str = ""          # the Graph photo etag last handled, whatever the outcome
     uploaded_etag: str = ""      # the etag whose thumbnails SharePoint holds now
     uploaded_hash: str = ""      # sha256 of the three thumbnails SharePoint holds now
+    picture_stem: str = ""       # the trio photo-sync maintains: `{stem}_{S,M,L}Thumb.jpg`
+    profile_linked: bool = False  # the profile's PictureURL names that trio (else it still must be)
     outcome: str = ""
     reason: str = ""
     updated_at: datetime = field(default_factory=utc_now)
@@ -82,7 +84,7 @@ _TABLE_RETRY: dict[str, Any] = {"retry_total": 3, "retry_backoff_factor": 0.5, "
 
 
 class SeenIndex:
-    """User object id -> (hash of the last handled photo etag, whether SharePoint holds our photo),
+    """User object id -> (hash of the last handled photo etag, whether a photo was there to remove),
     packed into one int per user and keyed by the id's 128-bit value."""
 
     def __init__(self) -> None:
@@ -101,7 +103,7 @@ class SeenIndex:
         if packed is None:
             return etag is not None  # never handled: only a user with a photo needs a sync
         if etag is None:
-            return bool(packed & 1)  # removed upstream, still shown in SharePoint
+            return bool(packed & 1)  # removed upstream: SharePoint may still show it
         return packed >> 1 != _etag_key(etag)
 
     def __len__(self) -> int:
@@ -175,7 +177,7 @@ class StateStore:
             results_per_page=1000)
         async for entity in entities:
             index.add(entity["RowKey"], entity.get("seen_etag") or "",
-                      bool(entity.get("uploaded_hash")))
+                      bool(entity.get("uploaded_hash") or entity.get("seen_etag")))
         return index
 
     # Control rows: the subscription, the reconcile cursor and its lease

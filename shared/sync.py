@@ -20,7 +20,7 @@ from .graph import DirectoryUser, GraphDirectory
 from .queue import SyncRequest
 from .scope import out_of_scope, scope_groups, uses_groups
 from .settings import Settings
-from .sharepoint import Profile, ProfileWriteRefused, SharePointProfiles
+from .sharepoint import SUFFIXES, Profile, ProfileWriteRefused, SharePointProfiles, new_stem
 from .state import StateStore, UserState
 from .thumbnails import ImageRejected, Thumbnails, make_thumbnails, placeholder_thumbnails
 
@@ -147,64 +147,81 @@ async def _sync(context: SyncContext, user: DirectoryUser, state: UserState, for
         state.seen_etag = etag  # this photo will never work: do not download it again
         return result(Outcome.FAILED, f"photo refused: {rejected}")
 
-    profile = await context.sharepoint.get_profile(user.upn)
+    sharepoint = context.sharepoint
+    profile = await sharepoint.get_profile(user.upn)
     if profile is None:  # not seen: try again once SharePoint has created the profile
         return result(Outcome.SKIPPED, "SharePoint has no user profile for this account yet")
     state.seen_etag = etag
-    picture_url = context.sharepoint.picture_url(user.upn)
-    same_pixels = thumbnails.digest == state.uploaded_hash
-    if same_pixels and profile.links_to(picture_url) and not force:
+    linked = await sharepoint.linked_stem(profile)
+    stem = linked or new_stem(context.settings.thumbnail_naming, user.id, user.upn)
+    same_picture = thumbnails.digest == state.uploaded_hash and stem == state.picture_stem
+    if linked and same_picture and not force:
         return result(Outcome.UNCHANGED, "new etag, same picture")
     if dry_run:
-        return result(Outcome.UPDATED, "dry run: would upload thumbnails")
+        return result(Outcome.UPDATED, f"dry run: would upload {stem}_S/M/LThumb.jpg")
 
-    await _upload(context, user.upn, thumbnails)
-    state.uploaded_etag, state.uploaded_hash = etag, thumbnails.digest
-    return await _link(context, user.upn, profile, picture_url, result)
+    if not same_picture or force:
+        await _upload(context, stem, thumbnails)
+    state.uploaded_etag, state.uploaded_hash, state.picture_stem = etag, thumbnails.digest, stem
+    state.profile_linked = bool(linked)
+    if linked:  # people see these files already: no profile write is needed (or allowed)
+        return result(Outcome.UPDATED, "thumbnails replaced where the profile points")
+    return await _link(context, user.upn, profile, stem, state, result)
 
 
-async def _upload(context: SyncContext, upn: str, thumbnails: Thumbnails) -> None:
+async def _upload(context: SyncContext, stem: str, thumbnails: Thumbnails) -> None:
     for suffix, data in thumbnails.by_suffix().items():
-        await context.sharepoint.upload(upn, suffix, data)
+        await context.sharepoint.upload(stem, suffix, data)
 
 
-async def _link(context: SyncContext, upn: str, profile: Profile, picture_url: str,
+async def _link(context: SyncContext, upn: str, profile: Profile, stem: str, state: UserState,
                 result: ResultFor) -> SyncResult:
-    """Point the profile at the M thumbnail unless it already is; app-only tokens may not."""
-    if profile.links_to(picture_url):
-        return result(Outcome.UPDATED, "thumbnails replaced")
+    """Point a placeholder profile at the thumbnails just uploaded; app-only tokens may not."""
+    elsewhere = f" (it showed {profile.picture_url})" if profile.picture_url else ""
     try:
-        await context.sharepoint.link_picture(upn)
+        await context.sharepoint.link_picture(upn, stem)
     except ProfileWriteRefused as refused:
         log.info("profile link refused: %s", refused)
-        return result(Outcome.NEEDS_PROFILE_LINK, "thumbnails uploaded; SharePoint refuses the "
-                      "profile link to this app-only identity: a SharePoint admin links it once")
-    return result(Outcome.UPDATED, "thumbnails uploaded and profile linked")
+        return result(Outcome.NEEDS_PROFILE_LINK,
+                      f"thumbnails uploaded as {stem}_MThumb.jpg; SharePoint refuses the profile "
+                      f"link to this app-only identity{elsewhere}: a SharePoint admin links it once")
+    state.profile_linked = True
+    return result(Outcome.UPDATED, f"thumbnails uploaded and profile linked{elsewhere}")
 
 
 async def _remove(context: SyncContext, user: DirectoryUser, state: UserState, dry_run: bool,
                   result: ResultFor) -> SyncResult:
-    """The user has no photo. If we had put one in SharePoint, take it away without breaking links."""
-    had_photo = bool(state.uploaded_hash)
-    state.seen_etag = ""
-    if not had_photo:
+    """The user has no photo any more. The picture people see must stop being theirs, and no profile
+    may point at a missing file: a linked trio is overwritten with a neutral placeholder (after
+    unlinking where allowed), never deleted; only files no profile shows are deleted."""
+    had_upload, had_photo = bool(state.uploaded_hash), bool(state.seen_etag)
+    if not had_upload and not had_photo:
         return result(Outcome.NO_PHOTO, "no photo in Microsoft 365")
-    if dry_run:
-        return result(Outcome.PHOTO_REMOVED, "dry run: would remove the thumbnails")
     sharepoint = context.sharepoint
     profile = await sharepoint.get_profile(user.upn)
-    if profile and profile.links_to(sharepoint.picture_url(user.upn)):
-        try:
-            await sharepoint.unlink_picture(user.upn)
-        except ProfileWriteRefused:
-            # The profile keeps pointing at our files: replace the picture instead of deleting it.
-            await _upload(context, user.upn, placeholder_thumbnails(context.settings.thumbnail_sizes))
-            state.uploaded_etag = state.uploaded_hash = ""
-            return result(Outcome.PHOTO_REMOVED, "photo replaced by a neutral placeholder; "
-                          "the profile link stays until an administrator unlinks it")
-    for suffix in ("S", "M", "L"):
-        await sharepoint.delete(user.upn, suffix)
+    linked = await sharepoint.linked_stem(profile) if profile else None
+    if linked is None and not (had_upload and state.picture_stem):
+        state.seen_etag = ""
+        return result(Outcome.NO_PHOTO, "no photo in Microsoft 365")
+    if dry_run:
+        return result(Outcome.PHOTO_REMOVED, "dry run: would take the photo out of SharePoint")
+    state.seen_etag = ""
     state.uploaded_etag = state.uploaded_hash = ""
-    return result(Outcome.PHOTO_REMOVED, "thumbnails deleted and profile set to placeholder")
-
-
+    if linked is None:  # our files were never shown: nothing links to them
+        for suffix in SUFFIXES:
+            await sharepoint.delete(state.picture_stem, suffix)
+        state.picture_stem, state.profile_linked = "", False
+        return result(Outcome.PHOTO_REMOVED, "thumbnails no profile showed were deleted")
+    try:
+        await sharepoint.unlink_picture(user.upn)
+        unlinked = True
+    except ProfileWriteRefused:
+        unlinked = False
+    # Sites' User Information Lists and browsers may still hold this URL: replace, never delete.
+    await _upload(context, linked, placeholder_thumbnails(context.settings.thumbnail_sizes))
+    state.picture_stem, state.profile_linked = linked, not unlinked
+    if unlinked:
+        return result(Outcome.PHOTO_REMOVED, "profile set to SharePoint's placeholder; its old "
+                      "thumbnails now show a neutral placeholder")
+    return result(Outcome.PHOTO_REMOVED, "photo replaced by a neutral placeholder where the profile "
+                  "points; the profile link stays until an administrator unlinks it")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 import time
 import uuid
@@ -48,6 +49,7 @@ class FileInfo:
     created: float
     unique_id: str
     version: int = 1
+    seeded: bool = False  # SharePoint's own copy from before photo-sync ran (see _seeded_file)
 
     @property
     def bytes(self) -> bytes:  # noqa: A003 - the brief's field name
@@ -111,8 +113,42 @@ class _Clock:
 
 
 def account_slug(upn: str) -> str:
-    """File-name stem SharePoint uses for a user's photos: ``adele_contoso_onmicrosoft_com``."""
+    """The UPN-form file-name stem of older and admin-linked profiles: ``adele_contoso_onmicrosoft_com``
+    (pnp/PnP Samples/Core.ProfilePictureUploader)."""
     return upn.lower().replace("@", "_").replace(".", "_")
+
+
+def picture_stem(user: User) -> str:
+    """The stem of a linked profile's thumbnails: the Entra object id when SharePoint linked the profile
+    itself (pnp/cli-microsoft365 userprofile-get.mdx: `78ccf530-…_MThumb.jpg` = msOnline-ObjectId),
+    the UPN form for older or admin-linked profiles."""
+    return user.id if user.picture_naming == "object-id" else account_slug(user.userPrincipalName)
+
+
+# SPS-PictureTimestamp counts seconds since 0001-01-01 UTC (.NET ticks / 10^7): 63799442436 in the CLI
+# for Microsoft 365 docs (userprofile-get.mdx), 63783110969 in a captured GetMyProperties response
+# (Lotusbetaanalytics/lban-asset-allocation), 63605901091 written by PnP's Core.ProfilePictureUploader.
+# Values outside 2000..2100 in that epoch (a Unix timestamp, say) are a client's misreading.
+DOTNET_EPOCH_OFFSET = 62135596800  # seconds from 0001-01-01 to 1970-01-01
+PICTURE_TIMESTAMP_RANGE = (63082281600, 66238041600)  # 2000-01-01 .. 2100-01-01 in that epoch
+SEEDED_PICTURE_TIMESTAMP = "63838473600"  # 2023-12-01: when SharePoint last copied the seeded photos
+
+# Microsoft asks every app to decorate its SharePoint traffic (SharePoint/sp-dev-docs, "How to avoid
+# getting throttled or blocked in SharePoint Online": `User-Agent: NONISV|CompanyName|AppName/Version`
+# or `ISV|...`; PnP PowerShell sends `NONISV|SharePointPnP|PnPPS/<version>`). Undecorated traffic is
+# throttled first there; the simulator counts it per host as "undecorated".
+_SEED_SUFFIXES = {"sthumb.jpg": 48, "mthumb.jpg": 72, "lthumb.jpg": 200}
+_SEED_BYTES: dict[int, bytes] = {}
+
+
+def _seed_bytes(size: int) -> bytes:
+    """One grey JPEG per size, rendered once: the 'old' picture SharePoint copied from Exchange."""
+    if size not in _SEED_BYTES:
+        _SEED_BYTES[size] = render(PhotoSpec("jpeg", size, size, "#9e9e9e")).data
+    return _SEED_BYTES[size]
+
+
+_DECORATED_AGENT = re.compile(r"^(NONISV|ISV)\|[^|]+\|[^/|\s]+/\S+")
 
 
 def claims_account(upn: str) -> str:
@@ -133,6 +169,10 @@ class TenantSimulator:
         self.notifications_dropped: int = 0
         self._users: list[User] = list(tenant.users)
         self._by_key: dict[str, User] = {}
+        self._by_stem: dict[str, User] = {}
+        self._seeds_removed: set[str] = set()  # casefolded URLs of seeded files deleted or replaced
+        self.user_agents: dict[str, Counter[str]] = {h: Counter() for h in HOSTS}  # by User-Agent
+        self.undecorated: Counter[str] = Counter()  # requests per host without the NONISV|... agent
         for user in self._users:
             self._index(user)
         self._photo_version = 0
@@ -269,6 +309,7 @@ class TenantSimulator:
     def _index(self, user: User) -> None:
         self._by_key[user.id.lower()] = user
         self._by_key[user.userPrincipalName.lower()] = user
+        self._by_stem[picture_stem(user).casefold()] = user
 
     def find_user(self, key: str) -> User | None:
         """Lookup by id or UPN (case-insensitive)."""
@@ -348,13 +389,45 @@ class TenantSimulator:
         return "/" + self.tenant.photos_folder.strip("/")
 
     def files(self) -> dict[str, FileInfo]:
-        """Files in the photos folder keyed by file name."""
+        """Files in the photos folder keyed by file name, including the trios SharePoint itself keeps
+        for linked profiles (see :meth:`_seeded_file`)."""
         with self._lock:
-            return {f.name: f for f in self._files.values()}
+            found = {f.name: f for f in self._files.values()}
+        for user in self._users:
+            if user.profile_linked:
+                for suffix in "SML":
+                    seeded = self._seeded_file(f"{self.folder_path}/{picture_stem(user)}_{suffix}Thumb.jpg")
+                    if seeded is not None:
+                        found.setdefault(seeded.name, seeded)
+        return found
 
     def get_file(self, server_relative_url: str) -> FileInfo | None:
         """File by server-relative URL (case-insensitive)."""
-        return self._files.get(server_relative_url.casefold())
+        return self._files.get(server_relative_url.casefold()) or self._seeded_file(server_relative_url)
+
+    def _seeded_file(self, server_relative_url: str) -> FileInfo | None:
+        """A linked profile's thumbnail that SharePoint copied from Exchange before photo-sync ran.
+
+        A profile that shows a picture points at files that exist (pnp/cli-microsoft365
+        userprofile-get.mdx: PictureURL names `<object id>_MThumb.jpg` in User Photos), so every linked
+        user starts with an S/M/L trio of an old grey picture. Made on demand, shared bytes, so a
+        100,000-user tenant costs nothing until a file is read.
+        """
+        key = server_relative_url.casefold()
+        folder, _, name = server_relative_url.rpartition("/")
+        if key in self._seeds_removed or folder.casefold() != self.folder_path.casefold():
+            return None
+        stem, _, suffix = name.rpartition("_")
+        user = self._by_stem.get(stem.casefold())
+        if user is None or not user.profile_linked or suffix.lower() not in _SEED_SUFFIXES:
+            return None
+        size = _SEED_SUFFIXES[suffix.lower()]
+        data = _seed_bytes(size)
+        created = self._clock.base() - 86400 * 365
+        file_name = f"{picture_stem(user)}_{suffix[0].upper()}Thumb.jpg"
+        return FileInfo(name=file_name, server_relative_url=f"{self.folder_path}/{file_name}", data=data,
+                        size=(size, size), modified=created, created=created,
+                        unique_id=str(uuid.uuid5(uuid.NAMESPACE_URL, key)), version=1, seeded=True)
 
     def put_file(self, name: str, data: bytes, overwrite: bool = True) -> FileInfo | None:
         """Store a file in the photos folder; None if it exists and not ``overwrite``."""
@@ -364,7 +437,7 @@ class TenantSimulator:
         size = probe(data)[0]
         now = self.now()
         with self._lock:
-            old = self._files.get(url.casefold())
+            old = self.get_file(url)
             if old is not None and not overwrite:
                 return None
             info = FileInfo(
@@ -373,12 +446,40 @@ class TenantSimulator:
                 unique_id=old.unique_id if old else str(uuid.uuid4()), version=(old.version + 1) if old else 1,
             )
             self._files[url.casefold()] = info
+            self._seeds_removed.add(url.casefold())
         return info
 
     def delete_file(self, server_relative_url: str) -> bool:
         """Remove a file; False if missing."""
+        key = server_relative_url.casefold()
         with self._lock:
-            return self._files.pop(server_relative_url.casefold(), None) is not None
+            existed = self.get_file(server_relative_url) is not None
+            self._files.pop(key, None)
+            self._seeds_removed.add(key)
+            return existed
+
+    def shown_file(self, key: str, suffix: str = "M") -> FileInfo | None:
+        """The S, M or L thumbnail that people see for a user: the one the profile's PictureURL names
+        (the S and L files share the M file's stem); None on a placeholder or a missing file."""
+        from urllib.parse import unquote, urlsplit
+
+        url = self.profile(key).get("PictureURL") or ""
+        path = unquote(urlsplit(url).path)
+        if not path.lower().endswith("_mthumb.jpg"):
+            return None
+        return self.get_file(f"{path[:-len('_MThumb.jpg')]}_{suffix}Thumb.jpg")
+
+    def broken_picture_links(self) -> list[str]:
+        """UPNs whose profile PictureURL names a file in the photos folder that does not exist: what
+        people would see as a broken image."""
+        from urllib.parse import unquote, urlsplit
+
+        broken = []
+        for upn in self.touched_profiles():
+            url = self.profile(upn).get("PictureURL") or ""
+            if url and self.get_file(unquote(urlsplit(url).path)) is None:
+                broken.append(upn)
+        return broken
 
     def profile(self, key: str) -> dict[str, str]:
         """SharePoint user-profile properties of a user (by id, UPN or claims account name)."""
@@ -391,23 +492,32 @@ class TenantSimulator:
         upn = user.userPrincipalName
         first, _, last = user.displayName.partition(" ")
         if user.profile_linked:
-            pic = f"{self.mysite_url}{self.folder_path}/{account_slug(upn)}_MThumb.jpg"
-            placeholder, stamp = "0", "63838473600"
+            # As SharePoint writes it: percent-encoded, the M thumbnail, no query (the `?t=` cache-buster
+            # is only added to PersonProperties.PictureUrl, see get_properties); placeholder state 0 and
+            # Exchange sync state 1 (Lotusbetaanalytics/lban-asset-allocation's captured response).
+            pic = self.picture_url_for(user)
+            placeholder, stamp, exchange = "0", SEEDED_PICTURE_TIMESTAMP, "1"
         else:
-            pic, placeholder, stamp = "", "1", ""
+            pic, placeholder, stamp, exchange = "", "1", "", "0"
         props = {
             "UserProfile_GUID": str(uuid.uuid5(uuid.NAMESPACE_URL, "profile:" + user.id)),
             "AccountName": claims_account(upn), "FirstName": first, "LastName": last,
             "PreferredName": user.displayName, "WorkPhone": "", "Department": "", "Title": "", "AboutMe": "",
             "PictureURL": pic, "UserName": upn, "WorkEmail": user.mail or "",
             "SPS-UserPrincipalName": upn, "SPS-PicturePlaceholderState": placeholder,
-            "SPS-PictureTimestamp": stamp, "SPS-PictureExchangeSyncState": "0",
+            "SPS-PictureTimestamp": stamp, "SPS-PictureExchangeSyncState": exchange,
             "SPS-UserType": "1" if user.userType == "Guest" else "0", "msOnline-ObjectId": user.id,
         }
         override = self._profile_overrides.get(user.id)
         if override:
             props.update(override)
         return props
+
+    def picture_url_for(self, user: User) -> str:
+        """The PictureURL SharePoint writes when it links a profile (percent-encoded M thumbnail)."""
+        from urllib.parse import quote
+
+        return f"{self.mysite_url}{quote(self.folder_path)}/{quote(picture_stem(user))}_MThumb.jpg"
 
     def set_profile_property(self, key: str, name: str, value: str) -> None:
         """Set a profile property directly (control API; no permission checks)."""
@@ -581,6 +691,9 @@ class TenantSimulator:
         with self._lock:
             for c in self._counters.values():
                 c.clear()
+            for c in self.user_agents.values():
+                c.clear()
+            self.undecorated.clear()
 
     # ----------------------------------------------------------------- dispatch
     def serve(self, host: str, req: Request) -> Response:
@@ -591,6 +704,12 @@ class TenantSimulator:
             return control.handle(self, req)
         if self.latency_ms:
             time.sleep(self.latency_ms / 1000.0)
+        agent = req.header("User-Agent")
+        with self._lock:
+            if len(self.user_agents[host]) < 100 or agent in self.user_agents[host]:
+                self.user_agents[host][agent] += 1
+            if not _DECORATED_AGENT.match(agent):
+                self.undecorated[host] += 1
         claims, reason = self.check_token(host, req.header("Authorization") or None)
         if claims is None:
             self.count(host, "auth.failed")
@@ -628,6 +747,7 @@ class TenantSimulator:
             "files": files,
             "profiles": {upn: self.profile(upn) for upn in upns},
             "counters": self.requests,
+            "undecorated": dict(self.undecorated),
             "subscriptions": [s.to_json() for s in self.subscriptions()],
             "notifications": [{"url": d.url, "status": d.status, "time": iso(d.time), "kind": d.kind, "error": d.error}
                               for d in self.notifications_sent],

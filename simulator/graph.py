@@ -204,6 +204,9 @@ def _decode_skiptoken(token: str) -> dict[str, Any]:
     return json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
 
 
+CHECK_MEMBER_GROUPS_LIMIT = 20
+
+
 def check_member_groups(sim: "TenantSimulator", req: Request, key: str) -> Response:
     """POST /users/{id}/checkMemberGroups {"groupIds": [...]}: the given groups the user is in."""
     user = sim.find_user(key)
@@ -213,6 +216,11 @@ def check_member_groups(sim: "TenantSimulator", req: Request, key: str) -> Respo
         group_ids = req.json()["groupIds"]
     except (ValueError, KeyError, TypeError):
         return error(400, "Request_BadRequest", "groupIds is required.")
+    if not isinstance(group_ids, list) or len(group_ids) > CHECK_MEMBER_GROUPS_LIMIT:
+        # "You can check up to a maximum of 20 groups per request"
+        # (learn.microsoft.com/graph/api/user-checkmembergroups).
+        return error(400, "Request_BadRequest",
+                     f"The number of group ids in groupIds exceeds the limit of {CHECK_MEMBER_GROUPS_LIMIT}.")
     member_of = [g for g in group_ids if user in (sim.group_members(g) or [])]
     return json_response(200, {"@odata.context": f"{_base(sim)}/$metadata#Collection(Edm.String)",
                                "value": member_of})

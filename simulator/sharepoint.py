@@ -6,7 +6,7 @@ import json
 from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import unquote
 
-from .core import FileInfo, claims_account
+from .core import PICTURE_TIMESTAMP_RANGE, FileInfo, claims_account
 from .wire import JSON_SP, ODataSyntaxError, Request, Response, iso, json_response, parse_literal, parse_odata_path
 
 if TYPE_CHECKING:
@@ -89,6 +89,8 @@ def route_mysite(sim: "TenantSimulator", req: Request) -> tuple[str, Handler]:
                 return "files.list", lambda: list_files(sim, req, folder)
             if rest == [] and method == "GET":
                 return "folder.get", lambda: folder_info(sim, req, folder)
+            if rest == ["folders"] and method == "GET":
+                return "folders.list", lambda: list_folders(sim, req, folder)
             if len(rest) == 2 and rest[0] == "files" and rest[1] in ("addusingpath", "add") and method == "POST":
                 args = segs[4][1]
                 name = _arg(req, args, "decodedurl", "url")
@@ -144,6 +146,22 @@ def list_files(sim: "TenantSimulator", req: Request, folder: str | None) -> Resp
         return _folder_not_found()
     files = sorted(sim.files().values(), key=lambda f: f.name.lower())
     return _sp_json(req, 200, {"value": [_file_json(f) for f in files]})
+
+
+def list_folders(sim: "TenantSimulator", req: Request, folder: str | None) -> Response:
+    """GET .../GetFolderByServerRelativePath(decodedurl='/User Photos')/Folders: the library's folders.
+
+    The photos folder's name follows the My Site language ("Profile Pictures", "Profilbilder",
+    "Profilbilleder"; pnp/PnP #1419) while the library URL stays "User Photos"; a document library
+    also holds its "Forms" folder (learn.microsoft.com/sharepoint/dev/sp-add-ins/
+    working-with-folders-and-files-with-rest: GET .../GetFolderByServerRelativeUrl('...')/Folders).
+    """
+    library, _, name = sim.folder_path.rpartition("/")
+    if _server_relative(sim, folder).casefold() != library.casefold():
+        return _folder_not_found()
+    folders = [{"Exists": True, "ItemCount": len(sim.files()) if n == name else 0, "Name": n,
+                "ServerRelativeUrl": f"{library}/{n}"} for n in ("Forms", name)]
+    return _sp_json(req, 200, {"value": folders})
 
 
 def folder_info(sim: "TenantSimulator", req: Request, folder: str | None) -> Response:
@@ -234,7 +252,12 @@ def get_properties(sim: "TenantSimulator", req: Request, account: str | None) ->
     if user is None:
         return _sp_json(req, 200, {"odata.null": True})
     props = sim.profile(user.id)
+    # PersonProperties.PictureUrl is the PictureURL property plus `?t=<SPS-PictureTimestamp>`, a
+    # cache-buster (Lotusbetaanalytics/lban-asset-allocation's captured response: PictureURL
+    # `.../306225cd-…_MThumb.jpg`, PictureUrl the same with `?t=63783110969`, the timestamp's value).
     pic = props.get("PictureURL") or None
+    if pic and props.get("SPS-PictureTimestamp"):
+        pic = f"{pic}?t={props['SPS-PictureTimestamp']}"
     body = {
         "AccountName": claims_account(user.userPrincipalName), "DirectReports": [],
         "DisplayName": user.displayName, "Email": user.mail, "ExtendedManagers": [], "ExtendedReports": [],
@@ -275,9 +298,20 @@ def set_property(sim: "TenantSimulator", req: Request) -> Response:
     if user is None:
         return sp_error(500, "-2146233088, Microsoft.Office.Server.UserProfiles.UserNotFoundException",
                         f"User Profile Error 1000: User Not Found: Could not load profile data from the database. ({account})")
+    if name.lower() == "sps-picturetimestamp" and value and not _in_sharepoint_epoch(value):
+        # See core.PICTURE_TIMESTAMP_RANGE: SharePoint's own values count seconds since 0001-01-01. A
+        # Unix timestamp would make every cache think the picture is 1,969 years old; the witness
+        # refuses it so the misreading cannot pass silently.
+        return sp_error(400, "-2146233088, Microsoft.Office.Server.UserProfiles.PropertyInvalidValueException",
+                        f"Property value {value!r} for SPS-PictureTimestamp is not seconds since 0001-01-01.")
     try:
         sim.set_profile_property(user.id, name, value or "")
     except KeyError:
         return sp_error(400, "-2146233088, Microsoft.Office.Server.UserProfiles.PropertyNotDefinedException",
                         f"Property Not Defined: {name}")
     return _sp_json(req, 200, {"odata.null": True})
+
+
+def _in_sharepoint_epoch(value: str) -> bool:
+    low, high = PICTURE_TIMESTAMP_RANGE
+    return value.isdigit() and low <= int(value) <= high

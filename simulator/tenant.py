@@ -26,6 +26,12 @@ class User:
     accountEnabled: bool = True
     photo: PhotoSpec | None = None
     profile_linked: bool = True
+    # How a linked profile names its thumbnails. "object-id": what SharePoint writes when it links a
+    # profile itself (pnp/cli-microsoft365 docs/docs/cmd/spo/userprofile/userprofile-get.mdx: PictureURL
+    # `.../User%20Photos/Profile%20Pictures/78ccf530-..._MThumb.jpg`, the GUID = msOnline-ObjectId).
+    # "upn": older and admin-linked profiles (pnp/PnP Samples/Core.ProfilePictureUploader,
+    # `adele_vance_contoso_com_MThumb.jpg`).
+    picture_naming: str = "object-id"
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "User":
@@ -41,6 +47,7 @@ class User:
             accountEnabled=bool(data.get("accountEnabled", True)),
             photo=PhotoSpec.from_json(photo) if photo else None,
             profile_linked=bool(data.get("profileLinked", True)),
+            picture_naming=_naming(data.get("pictureNaming", "object-id")),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -48,8 +55,18 @@ class User:
         return {
             "id": self.id, "userPrincipalName": self.userPrincipalName, "displayName": self.displayName,
             "mail": self.mail, "userType": self.userType, "accountEnabled": self.accountEnabled,
-            "profileLinked": self.profile_linked, "photo": self.photo.to_json() if self.photo else None,
+            "profileLinked": self.profile_linked, "pictureNaming": self.picture_naming,
+            "photo": self.photo.to_json() if self.photo else None,
         }
+
+
+PICTURE_NAMINGS = ("object-id", "upn")
+
+
+def _naming(value: Any) -> str:
+    if value not in PICTURE_NAMINGS:
+        raise ValueError(f"pictureNaming must be one of {PICTURE_NAMINGS}")
+    return str(value)
 
 
 @dataclass

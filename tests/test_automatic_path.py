@@ -12,7 +12,6 @@ import pytest
 
 from shared.graph import GraphDirectory
 from shared.handlers import get_credential, get_settings
-from shared.sharepoint import thumbnail_stem
 from shared.state import StateStore, SubscriptionRecord, utc_now
 from shared.subscriptions import SubscriptionStatus, ensure_subscription
 from simulator.core import TenantSimulator
@@ -23,8 +22,8 @@ from tests.conftest import FUNCTION_KEY
 
 
 def large_thumbnail(sim: TenantSimulator, user: User) -> bytes:
-    file = sim.files().get(f"{thumbnail_stem(user.userPrincipalName)}_LThumb.jpg")
-    return file.data if file else b""
+    file = sim.shown_file(user.id, "L")
+    return file.data if file and not file.seeded else b""
 
 
 def linked_member(sim: TenantSimulator, index: int = 0) -> User:

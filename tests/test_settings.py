@@ -18,9 +18,33 @@ def test_defaults() -> None:
     assert settings.poison_queue_name == "photo-sync-poison"
     assert settings.graph_base_url == "https://graph.microsoft.com/v1.0"
     assert settings.admin_url == "https://contoso-admin.sharepoint.com"
-    assert settings.photos_folder == "User Photos/Profile Pictures"
+    assert settings.photos_folder == ""  # discovered from profiles or the library
+    assert settings.thumbnail_naming == "object-id"
     assert settings.thumbnail_sizes == (48, 72, 200)
     assert settings.credential_kind == "managed-identity"
+
+
+def test_traffic_is_decorated_with_the_tenant_and_the_package_version() -> None:
+    import tomllib
+    from pathlib import Path
+
+    import shared
+
+    project = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    assert shared.__version__ == project["project"]["version"]
+    assert Settings.from_env(BASE).user_agent == f"NONISV|contoso|photo-sync/{shared.__version__}"
+    custom = Settings.from_env({**BASE, "PHOTO_SYNC_ORGANISATION": "Fabrikam IT"})
+    assert custom.user_agent.startswith("NONISV|Fabrikam IT|photo-sync/")
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("PHOTO_SYNC_ORGANISATION", "a|b"),
+    ("SHAREPOINT_THUMBNAIL_NAMING", "email"),
+    ("SHAREPOINT_PHOTOS_FOLDER", "Profile Pictures"),
+])
+def test_picture_settings_are_checked(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env({**BASE, name: value})
 
 
 def test_every_problem_is_named_at_once() -> None:

@@ -260,7 +260,7 @@ def test_upload_with_hash_and_apostrophe_then_read_back_list_delete(sim):
         again = url.replace("Overwrite%3Dtrue", "Overwrite%3Dfalse")
         assert c.post(again, content=b"x").status_code == 400
         listing = c.get(f"/_api/web/{quote(folder)}/Files").json()["value"]
-        assert [f["Name"] for f in listing] == [name]
+        assert name in [f["Name"] for f in listing]  # beside the trios SharePoint keeps itself
         bad = url.replace("Profile%20Pictures", "Nope")
         r = c.post(bad, content=data)
         assert r.status_code == 404 and "FileNotFoundException" in r.json()["odata.error"]["code"]
@@ -277,7 +277,8 @@ def test_profile_properties_app_refused_user_allowed(sim):
     with client(sim, "admin", "app") as c:
         r = c.post(path, json=body)
         assert r.status_code == 403 and "UnauthorizedAccessException" in r.json()["odata.error"]["code"]
-    assert sim.profile(PATRICK)["PictureURL"].endswith("/User Photos/Profile Pictures/patrick_o'neill_contoso_onmicrosoft_com_MThumb.jpg")
+    # an older, UPN-form profile in the demo tenant; PictureURL is percent-encoded as SharePoint writes it
+    assert sim.profile(PATRICK)["PictureURL"].endswith("/User%20Photos/Profile%20Pictures/patrick_o%27neill_contoso_onmicrosoft_com_MThumb.jpg")
     with client(sim, "admin", "user") as c:
         assert c.post(path, json=body).json() == {"odata.null": True}
         assert c.post(path, json={**body, "propertyName": "NoSuchProp"}).status_code == 400
@@ -285,7 +286,9 @@ def test_profile_properties_app_refused_user_allowed(sim):
         alias = quote("'" + account.replace("'", "''") + "'", safe="")
         r = c.get(f"/_api/SP.UserProfiles.PeopleManager/GetPropertiesFor(accountName=@v)?@v={alias}")
         props = {p["Key"]: p["Value"] for p in r.json()["UserProfileProperties"]}
-        assert r.json()["PictureUrl"] == props["PictureURL"] == "https://x/y.jpg"
+        # PersonProperties.PictureUrl carries SharePoint's `?t=<SPS-PictureTimestamp>` cache-buster
+        assert props["PictureURL"] == "https://x/y.jpg"
+        assert r.json()["PictureUrl"] == f"https://x/y.jpg?t={props['SPS-PictureTimestamp']}"
         unknown = quote("'i:0#.f|membership|ghost@contoso.com'", safe="")
         assert c.get(f"/_api/SP.UserProfiles.PeopleManager/GetPropertiesFor(accountName=@v)?@v={unknown}").json() == {"odata.null": True}
     unlinked = sim.profile("isaiah.langer@contoso.onmicrosoft.com")

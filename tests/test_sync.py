@@ -6,14 +6,14 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+from urllib.parse import unquote, urlsplit
 
 import pytest
 from azure.functions.queue import QueueMessage
 from PIL import Image
 
 import function_app
-from shared.handlers import get_settings
-from shared.sharepoint import thumbnail_stem
+from shared.handlers import get_settings, reset_process_caches
 from shared.state import StateStore, UserState
 from simulator.core import TenantSimulator
 from simulator.images import PhotoSpec
@@ -41,9 +41,19 @@ def state_of(user: User) -> UserState:
     return found
 
 
-def thumbnails(sim: TenantSimulator, user: User) -> dict[str, Image.Image]:
-    stem = thumbnail_stem(user.userPrincipalName)
-    files = sim.files()
+def shown_stem(sim: TenantSimulator, user: User) -> str:
+    """The stem of the files people see: named by the profile's PictureURL, else the object-id form
+    photo-sync gives a placeholder profile."""
+    url = sim.profile(user.id)["PictureURL"]
+    if not url:
+        return user.id
+    return unquote(urlsplit(url).path).rsplit("/", 1)[1].removesuffix("_MThumb.jpg")
+
+
+def thumbnails(sim: TenantSimulator, user: User, stem: str | None = None) -> dict[str, Image.Image]:
+    """The S/M/L files photo-sync wrote (SharePoint's own older copies do not count)."""
+    stem = stem or shown_stem(sim, user)
+    files = {name: info for name, info in sim.files().items() if not info.seeded}
     return {s: Image.open(io.BytesIO(files[f"{stem}_{s}Thumb.jpg"].data)) for s in "SML"
             if f"{stem}_{s}Thumb.jpg" in files}
 
@@ -117,9 +127,10 @@ def test_profile_is_linked_when_sharepoint_allows_the_write(sim: TenantSimulator
     deliver(user.id)
     assert state_of(user).outcome == "updated"
     profile = sim.profile(user.id)
-    assert profile["PictureURL"].endswith(f"{thumbnail_stem(user.userPrincipalName)}_MThumb.jpg")
+    assert profile["PictureURL"].endswith(f"/{user.id}_MThumb.jpg")  # the object-id form
     assert profile["SPS-PicturePlaceholderState"] == "0"
     assert profile["SPS-PictureTimestamp"].isdigit()
+    assert set(thumbnails(sim, user)) == {"S", "M", "L"}
 
 
 def test_unchanged_photo_costs_no_sharepoint_request(sim: TenantSimulator) -> None:
@@ -162,16 +173,30 @@ def test_removed_photo_is_replaced_by_a_placeholder_when_the_link_cannot_be_clea
     assert abs(grey[0] - grey[2]) < 10  # neutral placeholder, not the old photo
 
 
-def test_removed_photo_unlinks_then_deletes_when_allowed(sim: TenantSimulator) -> None:
+def test_removed_photo_unlinks_and_neutralises_the_old_files_when_allowed(
+        sim: TenantSimulator) -> None:
     sim.app_only_property_writes = "allow"
     user = user_with(sim, "jpeg")
     deliver(user.id)
+    stem = shown_stem(sim, user)
+    sim.delete_photo(user.id)
+    deliver(user.id)
+    assert state_of(user).outcome == "photo_removed"
+    assert sim.profile(user.id)["PictureURL"] == ""
+    assert sim.profile(user.id)["SPS-PicturePlaceholderState"] == "1"
+    # sites' cached pictures may still name the old files: they show a placeholder, not the person
+    grey = thumbnails(sim, user, stem)["L"].getpixel((5, 5))
+    assert abs(grey[0] - grey[2]) < 10
+
+
+def test_removed_photo_deletes_files_no_profile_showed(sim: TenantSimulator) -> None:
+    user = user_with(sim, "jpeg", linked=False)
+    deliver(user.id)
+    assert state_of(user).outcome == "needs_profile_link"
     sim.delete_photo(user.id)
     deliver(user.id)
     assert state_of(user).outcome == "photo_removed"
     assert thumbnails(sim, user) == {}
-    assert sim.profile(user.id)["PictureURL"] == ""
-    assert sim.profile(user.id)["SPS-PicturePlaceholderState"] == "1"
 
 
 @pytest.mark.parametrize("kind", ["corrupt", "zero", "text", "huge-pixels"])
@@ -230,7 +255,10 @@ def test_malformed_message_raises_so_it_ends_in_poison() -> None:
         asyncio.run(function_app.sync_photo(QueueMessage(id="m", body=b'{"userId": "../x"}')))
 
 
-def test_a_guests_picture_url_is_a_valid_url(sim: TenantSimulator) -> None:
+def test_a_guests_upn_form_picture_url_is_a_valid_url(sim: TenantSimulator,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHAREPOINT_THUMBNAIL_NAMING", "upn")
+    reset_process_caches()
     sim.app_only_property_writes = "allow"
     guest = next(u for u in sim.users() if "#EXT#" in u.userPrincipalName)
     sim.set_profile_property(guest.id, "PictureURL", "")

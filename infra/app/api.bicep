@@ -18,7 +18,9 @@ param stateTableName string
 param graphBaseUrl string
 param sharePointMySiteUrl string
 param sharePointAdminUrl string = ''
-param photosFolder string
+param photosFolder string = ''
+param thumbnailNaming string = 'object-id'
+param organisation string = ''
 @secure()
 param graphClientState string
 param reconcileSchedule string
@@ -95,6 +97,8 @@ var appSettings = {
   SHAREPOINT_MYSITE_URL: sharePointMySiteUrl
   SHAREPOINT_ADMIN_URL: sharePointAdminUrl
   SHAREPOINT_PHOTOS_FOLDER: photosFolder
+  SHAREPOINT_THUMBNAIL_NAMING: thumbnailNaming
+  PHOTO_SYNC_ORGANISATION: organisation
   THUMBNAIL_SIZES: '48,72,200'
   MAX_PHOTO_BYTES: '10485760'
   MAX_PHOTO_PIXELS: '40000000'
