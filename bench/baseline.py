@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 import httpx
 
-from shared.sharepoint import claims_account, odata_literal, thumbnail_stem
+from shared.sharepoint import claims_account, odata_literal, upn_stem
 from shared.thumbnails import make_thumbnails
 from simulator.tokens import mint_token
 
@@ -60,7 +60,7 @@ def run_baseline(sample: int, roots: dict[str, str], photos_folder: str,
             t2 = time.perf_counter()
             timings["thumbnails"] += t2 - t1
             for suffix, data in thumbnails.by_suffix().items():
-                name = f"{thumbnail_stem(upn)}_{suffix}Thumb.jpg"
+                name = f"{upn_stem(upn)}_{suffix}Thumb.jpg"
                 answer = http.post(
                     f"{mysite}/_api/web/GetFolderByServerRelativePath(decodedurl="
                     f"{odata_literal(folder)})/Files/AddUsingPath(decodedurl={odata_literal(name)},"
@@ -69,7 +69,7 @@ def run_baseline(sample: int, roots: dict[str, str], photos_folder: str,
                 answer.raise_for_status()
             t3 = time.perf_counter()
             timings["upload"] += t3 - t2
-            picture = f"{mysite}{folder}/{thumbnail_stem(upn)}_MThumb.jpg"
+            picture = f"{mysite}{folder}/{upn_stem(upn)}_MThumb.jpg"
             for name, value in (("PictureURL", picture), ("SPS-PicturePlaceholderState", "0"),
                                 ("SPS-PictureTimestamp", str(int(time.time())))):
                 answer = http.post(

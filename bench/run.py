@@ -238,7 +238,7 @@ def run_size(n: int, azurite: Any, args: argparse.Namespace) -> SizeResult:
         drained = worker.call("drain", expected=reconciled["report"]["queued"])
         drain_counters = sim.requests
         missing = [u.userPrincipalName for u in changed
-                   if thumbnail(sim, u.userPrincipalName) is None]
+                   if getattr(thumbnail(sim, u.userPrincipalName), "seeded", True)]
         result.changed = {
             "changed": len(changed), "queued": reconciled["report"]["queued"],
             "reconcile_elapsed": reconciled["elapsed"], "drain_elapsed": drained["elapsed"],
@@ -290,9 +290,8 @@ def run_size(n: int, azurite: Any, args: argparse.Namespace) -> SizeResult:
 
 
 def thumbnail(sim: Any, upn: str) -> Any:
-    from simulator.core import account_slug
-
-    return sim.get_file(f"{sim.folder_path}/{account_slug(upn)}_LThumb.jpg")
+    """The L thumbnail people see for the user (the file the profile's PictureURL names)."""
+    return sim.shown_file(upn, "L")
 
 
 def one_change(sim: Any, azurite: Any, candidates: list[Any], args: argparse.Namespace

@@ -73,8 +73,10 @@ def run(sim: TenantSimulator, host: LocalFunctionsHost, key: str) -> None:
                       f"{subscription.notification_url}, expires {expires:%Y-%m-%d %H:%M} UTC")
 
     member = next(u for u in sim.users() if u.photo and u.profile_linked and u.accountEnabled
-                  and u.userType == "Member")
+                  and u.userType == "Member" and u.picture_naming == "object-id")
     console.rule(f"3. {member.userPrincipalName} sets a new photo in Microsoft 365")
+    profile_before = dict(sim.profile(member.id))
+    console.print(f"SharePoint linked this profile itself: PictureURL = {profile_before['PictureURL']}")
     before = thumbnail_digest(sim, member.userPrincipalName)
     started = time.monotonic()
     sim.set_photo(member.id, PhotoSpec(kind="jpeg", width=640, height=640, color="#c0392b"))
@@ -84,8 +86,11 @@ def run(sim: TenantSimulator, host: LocalFunctionsHost, key: str) -> None:
     console.print(f"Graph sent {len(delivered)} change notification(s); the webhook answered "
                   f"{sorted({d.status for d in delivered})}")
     after = thumbnail_digest(sim, member.userPrincipalName)
-    console.print(f"SharePoint thumbnails changed: [bold]{before != after}[/] "
+    console.print(f"The thumbnails people see changed: [bold]{before != after}[/] "
                   f"({time.monotonic() - started:.1f} s from photo change to new thumbnails)")
+    shown = sim.shown_file(member.id, "L")
+    console.print(f"Overwritten where the profile points: {shown.name if shown else None}; profile "
+                  f"properties untouched: {sim.profile(member.id) == profile_before}")
 
     other = next(u for u in sim.users() if u.photo and u.profile_linked and u.accountEnabled
                  and u.id != member.id)
@@ -109,6 +114,9 @@ def run(sim: TenantSimulator, host: LocalFunctionsHost, key: str) -> None:
         console.print(f"{result.upn}: {'linked' if result.linked else 'not linked'} "
                       f"({result.reason}); PictureURL = {sim.profile(result.upn)['PictureURL']}")
     show_outcomes(sim)
+    console.print(f"Requests without the NONISV|...|photo-sync/<version> User-Agent: "
+                  f"{sum(sim.undecorated.values())}; profiles pointing at a missing file: "
+                  f"{len(sim.broken_picture_links())}")
 
 
 async def collect(results: AsyncIterator[LinkResult]) -> list[LinkResult]:
@@ -116,8 +124,8 @@ async def collect(results: AsyncIterator[LinkResult]) -> list[LinkResult]:
 
 
 def thumbnail_digest(sim: TenantSimulator, upn: str) -> bytes:
-    stem = upn.replace("@", "_").replace(".", "_")
-    file = sim.files().get(f"{stem}_LThumb.jpg")
+    """The L thumbnail people see: the file the profile's PictureURL names."""
+    file = sim.shown_file(upn, "L")
     return file.bytes if file else b""
 
 
@@ -130,6 +138,8 @@ def describe(sim: TenantSimulator, upn: str) -> str:
         parts.append("disabled")
     if not user.profile_linked:
         parts.append("profile on placeholder")
+    elif user.picture_naming == "upn":
+        parts.append("older UPN-form profile")
     return ", ".join(parts)
 
 
@@ -148,11 +158,12 @@ def show_outcomes(sim: TenantSimulator) -> None:
 
 
 def show_sharepoint(sim: TenantSimulator) -> None:
-    table = Table("file in User Photos/Profile Pictures", "pixels", "bytes",
+    table = Table(f"file in {sim.folder_path.lstrip('/')}", "pixels", "bytes", "written by",
                   title="What SharePoint now holds")
     for name, info in sorted(sim.files().items()):
         size = f"{info.size[0]}x{info.size[1]}" if info.size else "not an image"
-        table.add_row(name, size, str(info.length))
+        table.add_row(name, size, str(info.length),
+                      "SharePoint, earlier" if info.seeded else "photo-sync")
     console.print(table)
 
 
