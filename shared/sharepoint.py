@@ -261,6 +261,12 @@ class SharePointProfiles:
         await self.set_property(upn, PICTURE_TIMESTAMP, picture_timestamp())
         await self.set_property(upn, EXCHANGE_SYNC_STATE, "1")
 
+    async def reveal_picture(self, upn: str) -> None:
+        """Clear the placeholder flag of a profile whose PictureURL already names our files: with
+        SPS-PicturePlaceholderState 1, SharePoint shows a placeholder whatever the files hold."""
+        await self.set_property(upn, PLACEHOLDER_STATE, "0")
+        await self.set_property(upn, PICTURE_TIMESTAMP, picture_timestamp())
+
     async def unlink_picture(self, upn: str) -> None:
         """Put the profile back on SharePoint's placeholder."""
         await self.set_property(upn, PICTURE_URL, "")

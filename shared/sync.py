@@ -163,10 +163,28 @@ async def _sync(context: SyncContext, user: DirectoryUser, state: UserState, for
     if not same_picture or force:
         await _upload(context, stem, thumbnails)
     state.uploaded_etag, state.uploaded_hash, state.picture_stem = etag, thumbnails.digest, stem
-    state.profile_linked = bool(linked)
-    if linked:  # people see these files already: no profile write is needed (or allowed)
+    state.profile_linked = bool(linked) and profile.placeholder_state != "1"
+    if state.profile_linked:  # people see these files already: no profile write is needed
         return result(Outcome.UPDATED, "thumbnails replaced where the profile points")
+    if linked:
+        return await _reveal(context, user.upn, state, result)
     return await _link(context, user.upn, profile, stem, state, result)
+
+
+async def _reveal(context: SyncContext, upn: str, state: UserState,
+                  result: ResultFor) -> SyncResult:
+    """The profile names our files but flags its picture as a placeholder: clear the flag."""
+    try:
+        await context.sharepoint.reveal_picture(upn)
+    except ProfileWriteRefused as refused:
+        log.info("placeholder flag write refused: %s", refused)
+        return result(Outcome.NEEDS_PROFILE_LINK,
+                      f"thumbnails replaced as {state.picture_stem}_MThumb.jpg, but the profile "
+                      "flags its picture as a placeholder (SPS-PicturePlaceholderState=1) and "
+                      "SharePoint refuses this app-only identity the change: a SharePoint admin "
+                      "links it once")
+    state.profile_linked = True
+    return result(Outcome.UPDATED, "thumbnails replaced and the profile's placeholder flag cleared")
 
 
 async def _upload(context: SyncContext, stem: str, thumbnails: Thumbnails) -> None:

@@ -255,7 +255,12 @@ def get_properties(sim: "TenantSimulator", req: Request, account: str | None) ->
     # PersonProperties.PictureUrl is the PictureURL property plus `?t=<SPS-PictureTimestamp>`, a
     # cache-buster (Lotusbetaanalytics/lban-asset-allocation's captured response: PictureURL
     # `.../306225cd-…_MThumb.jpg`, PictureUrl the same with `?t=63783110969`, the timestamp's value).
+    # With SPS-PicturePlaceholderState 1 the PictureURL property may still name a file, but PictureUrl
+    # is null: people see a placeholder (pnp/cli-microsoft365 userprofile-get.mdx sample: PictureURL
+    # `.../78ccf530-…_MThumb.jpg`, placeholder state 1, PictureUrl null).
     pic = props.get("PictureURL") or None
+    if props.get("SPS-PicturePlaceholderState") == "1":
+        pic = None
     if pic and props.get("SPS-PictureTimestamp"):
         pic = f"{pic}?t={props['SPS-PictureTimestamp']}"
     body = {

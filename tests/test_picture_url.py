@@ -141,6 +141,21 @@ def test_a_picture_outside_the_photos_folder_is_not_overwritten(app_env: dict[st
     assert state.picture_stem == user.id  # our own trio, ready for the admin's link
 
 
+def test_a_profile_naming_our_files_but_flagged_placeholder_is_revealed_or_reported(
+        app_env: dict[str, str], sim: TenantSimulator) -> None:
+    """The CLI for Microsoft 365 sample: PictureURL names `<object id>_MThumb.jpg`, placeholder 1."""
+    user = member(sim, profile_linked=True, picture_naming="object-id")
+    sim.set_profile_property(user.id, "SPS-PicturePlaceholderState", "1")
+    deliver(user.id)
+    state = state_of(user)
+    assert state.outcome == "needs_profile_link" and "SPS-PicturePlaceholderState" in state.reason
+    assert state.picture_stem == user.id
+    sim.app_only_property_writes = "allow"
+    deliver(user.id, force=True)
+    assert state_of(user).outcome == "updated"
+    assert sim.profile(user.id)["SPS-PicturePlaceholderState"] == "0"
+
+
 # ------------------------------------------------------------------ placeholder profiles
 
 def test_a_placeholder_profile_gets_object_id_files_and_a_link_as_sharepoint_makes_it(
