@@ -1,0 +1,143 @@
+// Azure Monitor alerts for photo-sync: log search alert rules on the structured log records the app
+// writes to Application Insights (docs/deploy.md, "Alerts", says which record each rule reads and
+// why each is a log search alert rather than a metric alert), and an optional e-mail action group.
+//
+// Log search alert rules (Microsoft.Insights/scheduledQueryRules, Azure Verified Module
+// avm/res/insights/scheduled-query-rule): frequency 1 minute to 1 day, query time range at most two
+// days, ago() only with timespan literals (azure-monitor-docs articles/azure-monitor/alerts/
+// alerts-create-log-alert-rule.md). The queries below only use literals built at deployment time.
+// Every rule counts the rows its query returns and fires when there is at least one; it resolves by
+// itself when the query returns none again (autoMitigate).
+param appInsightsName string
+param location string
+param tags object = {}
+param resourceToken string
+@description('E-mail address for notifications; empty: no action group, the rules fire without actions.')
+param alertEmail string = ''
+@minValue(1)
+@maxValue(48)
+@description('Hours without a completed reconciliation before the alert fires (twice the schedule\'s interval).')
+param reconcileAlertAfterHours int
+@minValue(1)
+param failedAlertThreshold int
+@description('The poison queue the health record counts (for the alert text).')
+param poisonQueueName string
+
+resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing = {
+  name: appInsightsName
+}
+
+module actionGroup 'br/public:avm/res/insights/action-group:0.8.0' = if (!empty(alertEmail)) {
+  name: 'alerts-action-group'
+  params: {
+    name: 'ag-photosync-${resourceToken}'
+    groupShortName: 'photosync' // at most 12 characters, shown in the e-mails
+    location: 'global'
+    tags: tags
+    emailReceivers: [
+      {
+        name: 'photo-sync admin'
+        emailAddress: alertEmail
+        useCommonAlertSchema: true
+      }
+    ]
+  }
+}
+
+var actions = !empty(alertEmail) ? { actionGroupResourceIds: [actionGroup.outputs.resourceId] } : {}
+var hours = '${reconcileAlertAfterHours}h'
+var halfHours = '${max(reconcileAlertAfterHours / 2, 1)}h'
+
+// The latest "photo-sync health" record of the last `hours` (the timer logs one after each run):
+// its fields are strings in customDimensions, booleans as "True" or "true".
+var latestHealth = 'traces | where timestamp > ago(${hours}) | where message == "photo-sync health" | summarize arg_max(timestamp, *)'
+
+// Every rule aggregates over one hour (windowSize, one of the portal's aggregation granularities);
+// the rules that need a longer view look further back with queryTimeRange (at most two days) and
+// their queries bound themselves with ago() literals.
+var lookBack = 'P2D'
+
+var rules = [
+  {
+    name: 'poison-messages'
+    displayName: 'photo-sync: messages in the poison queue'
+    description: 'Messages are in ${poisonQueueName} (the latest health record counts them), or a sync message failed its last attempt in the past hour and is going there. Look at the "sync message failed" records, fix the cause, then run `python -m shared replay-poison` (docs/troubleshooting.md).'
+    severity: 2
+    evaluationFrequency: 'PT15M'
+    windowSize: 'PT1H'
+    queryTimeRange: lookBack
+    query: 'let health = ${latestHealth} | where toint(customDimensions.poison_messages) > 0 | project timestamp, reason = strcat(tostring(customDimensions.poison_messages), " messages in the poison queue"); let last_attempts = traces | where timestamp > ago(1h) | where message == "sync message failed" and tostring(customDimensions.final_attempt) =~ "true" | project timestamp, reason = strcat("message ", tostring(customDimensions.message_id), " failed its last attempt: ", tostring(customDimensions.error_type)); union health, last_attempts'
+  }
+  {
+    name: 'subscription'
+    displayName: 'photo-sync: Graph subscription expiring or missing'
+    description: 'NOTIFICATION_URL is set but the Graph change-notification subscription is missing or expires within 24 hours (latest health record). The timer renews it; check the "timer run finished" records and `python -m shared subscription show`, then `python -m shared subscription ensure`.'
+    severity: 2
+    evaluationFrequency: 'PT1H'
+    windowSize: 'PT1H'
+    queryTimeRange: lookBack
+    query: '${latestHealth} | where tostring(customDimensions.notification_url_set) =~ "true" | extend present = tostring(customDimensions.subscription_present) =~ "true", hours_left = todouble(customDimensions.subscription_hours_left) | where not(present) or hours_left < 24 | project timestamp, present, hours_left'
+  }
+  {
+    name: 'reconcile-stale'
+    displayName: 'photo-sync: no completed reconciliation'
+    description: 'No reconciliation completed in the last ${reconcileAlertAfterHours} hours (twice RECONCILE_SCHEDULE\'s interval), while the app has been logging for at least half that time. Photo changes are not being picked up. Check the "timer run finished" and "reconcile finished" records and the Function App\'s state.'
+    severity: 1
+    evaluationFrequency: 'PT1H'
+    windowSize: 'PT1H'
+    // Looks two days back (the most a log search alert can) to tell "the app is new" from "the app
+    // stopped": a silent app still fires, for as long as its last records are within two days.
+    queryTimeRange: lookBack
+    query: 'let completed = toscalar(traces | where timestamp > ago(${hours}) | where message == "reconcile finished" and tostring(customDimensions.complete) =~ "true" | count); let first_seen = toscalar(traces | summarize min(timestamp)); print completed, first_seen | where completed == 0 and isnotnull(first_seen) and first_seen < ago(${halfHours})'
+  }
+  {
+    name: 'failed-syncs'
+    displayName: 'photo-sync: failed syncs above threshold'
+    description: 'More than ${failedAlertThreshold} syncs ended `failed` in the last hour. The "sync finished" records carry reason_code; docs/troubleshooting.md says what to do for each.'
+    severity: 2
+    evaluationFrequency: 'PT15M'
+    windowSize: 'PT1H'
+    query: 'traces | where message == "sync finished" and tostring(customDimensions.outcome) == "failed" | summarize failed = count(), reasons = make_set(tostring(customDimensions.reason_code), 10) | where failed > ${failedAlertThreshold}'
+  }
+]
+
+module alertRules 'br/public:avm/res/insights/scheduled-query-rule:0.6.0' = [
+  for rule in rules: {
+    name: 'alert-${rule.name}'
+    params: {
+      name: 'photosync-${rule.name}-${resourceToken}'
+      alertDisplayName: rule.displayName
+      alertDescription: rule.description
+      location: location
+      tags: tags
+      kind: 'LogAlert'
+      enabled: true
+      autoMitigate: true
+      severity: rule.severity
+      evaluationFrequency: rule.evaluationFrequency
+      windowSize: rule.windowSize
+      queryTimeRange: rule.?queryTimeRange
+      scopes: [
+        applicationInsights.id
+      ]
+      criterias: {
+        allOf: [
+          {
+            query: rule.query
+            timeAggregation: 'Count'
+            operator: 'GreaterThan'
+            threshold: 0
+            failingPeriods: {
+              numberOfEvaluationPeriods: 1
+              minFailingPeriodsToAlert: 1
+            }
+          }
+        ]
+      }
+      actions: actions
+    }
+  }
+]
+
+output actionGroupCreated bool = !empty(alertEmail)
+output alertRuleNames array = [for (rule, i) in rules: alertRules[i].outputs.name]
