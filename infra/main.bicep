@@ -375,6 +375,7 @@ module alerts './app/alerts.bicep' = {
     reconcileAlertAfterHours: reconcileAlertAfterHours > 0 ? reconcileAlertAfterHours : derivedReconcileAlertHours
     failedAlertThreshold: failedAlertThreshold
     poisonQueueName: '${syncQueueName}-poison'
+    functionAppName: api.outputs.name
   }
 }
 

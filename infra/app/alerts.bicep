@@ -22,6 +22,12 @@ param reconcileAlertAfterHours int
 param failedAlertThreshold int
 @description('The poison queue the health record counts (for the alert text).')
 param poisonQueueName string
+@description('The Function App, for the metric alert that notices when nothing runs at all.')
+param functionAppName string
+
+// Metric alert windows are a fixed set (PT1M ... PT12H, P1D); the reconcile timer runs at least once
+// in reconcileAlertAfterHours / 2 hours, so either window sees one run of a healthy app.
+var silentWindow = reconcileAlertAfterHours <= 12 ? 'PT12H' : 'P1D'
 
 resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing = {
   name: appInsightsName
@@ -46,7 +52,6 @@ module actionGroup 'br/public:avm/res/insights/action-group:0.8.0' = if (!empty(
 
 var actions = !empty(alertEmail) ? { actionGroupResourceIds: [actionGroup.outputs.resourceId] } : {}
 var hours = '${reconcileAlertAfterHours}h'
-var halfHours = '${max(reconcileAlertAfterHours / 2, 1)}h'
 
 // The latest "photo-sync health" record of the last `hours` (the timer logs one after each run):
 // its fields are strings in customDimensions, booleans as "True" or "true".
@@ -81,14 +86,12 @@ var rules = [
   {
     name: 'reconcile-stale'
     displayName: 'photo-sync: no completed reconciliation'
-    description: 'No reconciliation completed in the last ${reconcileAlertAfterHours} hours (twice RECONCILE_SCHEDULE\'s interval), while the app has been logging for at least half that time. Photo changes are not being picked up. Check the "timer run finished" and "reconcile finished" records and the Function App\'s state.'
+    description: 'No reconciliation completed in the last ${reconcileAlertAfterHours} hours (twice RECONCILE_SCHEDULE\'s interval), by the latest health record; or none ever completed although the app has reported for that long. Photo changes are not being picked up: check the "timer run finished" and "reconcile finished" records. (A stopped app writes no records: the app-silent rule covers that.)'
     severity: 1
     evaluationFrequency: 'PT1H'
     windowSize: 'PT1H'
-    // Looks two days back (the most a log search alert can) to tell "the app is new" from "the app
-    // stopped": a silent app still fires, for as long as its last records are within two days.
     queryTimeRange: lookBack
-    query: 'let completed = toscalar(traces | where timestamp > ago(${hours}) | where message == "reconcile finished" and tostring(customDimensions.complete) =~ "true" | count); let first_seen = toscalar(traces | summarize min(timestamp)); print completed, first_seen | where completed == 0 and isnotnull(first_seen) and first_seen < ago(${halfHours})'
+    query: 'let first_health = toscalar(traces | where message == "photo-sync health" | summarize min(timestamp)); ${latestHealth} | extend hours = todouble(customDimensions.hours_since_reconcile_completed) | where hours > ${reconcileAlertAfterHours} or (hours < 0 and first_health < ago(${hours})) | project timestamp, hours_since_reconcile_completed = hours'
   }
   {
     name: 'failed-syncs'
@@ -139,5 +142,47 @@ module alertRules 'br/public:avm/res/insights/scheduled-query-rule:0.6.0' = [
   }
 ]
 
+// A stopped app writes no log records, and log search alerts are poor at noticing missing data; Azure
+// Monitor's guidance is a metric alert for that (azure-monitor-docs articles/azure-monitor/alerts/
+// alerts-types.md, "Log search alerts", note). The timer and queue functions run on on-demand
+// instances (per-function scaling), so OnDemandFunctionExecutionCount (Microsoft.Web/sites, Flex
+// Consumption; azure-docs monitor-functions-reference.md) stays at 0 only when nothing ran at all,
+// not even the reconcile timer.
+resource functionApp 'Microsoft.Web/sites@2024-04-01' existing = {
+  name: functionAppName
+}
+
+module silentAlert 'br/public:avm/res/insights/metric-alert:0.4.1' = {
+  name: 'alert-app-silent'
+  params: {
+    name: 'photosync-app-silent-${resourceToken}'
+    alertDescription: 'No function of photo-sync ran on demand in ${silentWindow == 'P1D' ? '24' : '12'} hours, not even the reconcile timer (RECONCILE_SCHEDULE). Check that the Function App is running and its last deployment succeeded.'
+    location: 'global'
+    tags: tags
+    severity: 1
+    evaluationFrequency: 'PT1H'
+    windowSize: silentWindow
+    autoMitigate: true
+    scopes: [
+      functionApp.id
+    ]
+    criteria: {
+      'odata.type': 'Microsoft.Azure.Monitor.SingleResourceMultipleMetricCriteria'
+      allof: [
+        {
+          name: 'no executions'
+          metricNamespace: 'Microsoft.Web/sites'
+          metricName: 'OnDemandFunctionExecutionCount'
+          operator: 'LessThan'
+          threshold: 1
+          timeAggregation: 'Total'
+          criterionType: 'StaticThresholdCriterion'
+        }
+      ]
+    }
+    actions: !empty(alertEmail) ? [actionGroup.outputs.resourceId] : []
+  }
+}
+
 output actionGroupCreated bool = !empty(alertEmail)
-output alertRuleNames array = [for (rule, i) in rules: alertRules[i].outputs.name]
+output alertRuleNames array = concat([for (rule, i) in rules: alertRules[i].outputs.name], [silentAlert.outputs.name])
