@@ -1,6 +1,7 @@
 // Azure Monitor alerts for photo-sync: log search alert rules on the structured log records the app
-// writes to Application Insights (docs/deploy.md, "Alerts", says which record each rule reads and
-// why each is a log search alert rather than a metric alert), and an optional e-mail action group.
+// writes to Application Insights, one metric alert for an app that stopped altogether
+// (docs/deploy.md, "Alerts", says what each reads and why it is a log search or a metric alert), and
+// an optional e-mail action group.
 //
 // Log search alert rules (Microsoft.Insights/scheduledQueryRules, Azure Verified Module
 // avm/res/insights/scheduled-query-rule): frequency 1 minute to 1 day, query time range at most two
@@ -185,4 +186,5 @@ module silentAlert 'br/public:avm/res/insights/metric-alert:0.4.1' = {
 }
 
 output actionGroupCreated bool = !empty(alertEmail)
-output alertRuleNames array = concat([for (rule, i) in rules: alertRules[i].outputs.name], [silentAlert.outputs.name])
+output logAlertRuleNames array = [for (rule, i) in rules: alertRules[i].outputs.name]
+output metricAlertRuleName string = silentAlert.outputs.name
