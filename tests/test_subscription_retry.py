@@ -1,9 +1,10 @@
-"""Graph validates the webhook within 10 s while creating the subscription; a cold HTTP instance can
-miss that once. The simulator's Graph answers like Graph does (400 "Subscription validation request
-timed out."), and photo-sync creates the subscription again instead of waiting for the next timer run.
+"""Graph validates the webhook within 10 s while creating the subscription; a cold HTTP instance
+can miss that once. The simulator's Graph answers like Graph does (400 "Subscription validation
+request timed out."), and photo-sync creates the subscription again instead of waiting for the next
+timer run.
 
-The webhook here is a stand-in that is slow only for its first validation request, as a cold Function
-App instance is; the simulator's validation timeout is shortened so that nothing waits 10 s.
+The webhook here is a stand-in that is slow only for its first validation request, as a cold
+Function App instance is; the simulator's validation timeout is shortened so nothing waits 10 s.
 """
 
 from __future__ import annotations

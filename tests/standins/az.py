@@ -4,8 +4,8 @@ appended to $STANDIN_AZ_LOG as one JSON line.
 
 What it models, with sources:
 - `az rest` prints the response body (after `--query`, JMESPath, the library az uses) as JSON, or
-  with `-o tsv` as tab-separated text; on an HTTP error it writes `ERROR: <reason>(<body>)` to stderr
-  and exits 1 (Azure/azure-cli src/azure-cli/azure/cli/command_modules/util/custom.py rest_call,
+  with `-o tsv` as tab-separated text; on an HTTP error it writes `ERROR: <reason>(<body>)` to
+  stderr and exits 1 (Azure/azure-cli src/azure-cli/azure/cli/command_modules/util/custom.py rest_call,
   azure/cli/core/util.py send_raw_request raising HTTPError).
 - GET /servicePrincipals/{id}, /servicePrincipals(appId='...'), appRoleAssignments GET/POST
   (microsoft-graph-docs api-reference/v1.0/api/serviceprincipal-get.md,
