@@ -335,14 +335,21 @@ def test_docs_arithmetic_uses_host_json_and_the_template_defaults() -> None:
 # Alerts
 
 ALERT_SIGNALS = {
-    "poison-messages": ['"photo-sync health"', "poison_messages", '"sync message failed"',
-                        "final_attempt"],
-    "subscription": ['"photo-sync health"', "notification_url_set", "subscription_present",
-                     "subscription_hours_left", "< 24"],
-    "reconcile-stale": ['"photo-sync health"', "hours_since_reconcile_completed",
-                        "> ${reconcileAlertAfterHours}"],
-    "failed-syncs": ['"sync finished"', 'customDimensions.outcome) == "failed"',
-                     "failedAlertThreshold"],
+    "poison-messages": ['message == "photo-sync health"',
+                        "toint(customDimensions.poison_messages) > 0",
+                        'message == "sync message failed"',
+                        'tostring(customDimensions.final_attempt) =~ "true"'],
+    "subscription": ['message == "photo-sync health"',
+                     'tostring(customDimensions.notification_url_set) =~ "true"',
+                     'tostring(customDimensions.subscription_present) =~ "true"',
+                     "hours_left = todouble(customDimensions.subscription_hours_left)",
+                     "not(present) or hours_left < 24"],
+    "reconcile-stale": ['message == "photo-sync health"',
+                        "hours = todouble(customDimensions.hours_since_reconcile_completed)",
+                        "hours > ${reconcileAlertAfterHours} or (hours < 0"],
+    "failed-syncs": ['message == "sync finished"',
+                     'tostring(customDimensions.outcome) == "failed"',
+                     "failed > ${failedAlertThreshold}"],
 }
 
 
