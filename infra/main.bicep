@@ -10,8 +10,46 @@ targetScope = 'subscription'
 @description('Name of the azd environment; used for the resource group name and a unique token in every resource name.')
 param environmentName string
 
+// Regions that offer the Flex Consumption plan, as listed by Microsoft's own azd quickstart
+// (Azure-Samples/functions-quickstart-python-http-azd infra/main.bicep, Nov 2025; its canary region
+// eastus2euap left out). The list grows: check the current one with
+// `az functionapp list-flexconsumption-locations --query "sort_by([], &name)[].name" -o tsv`
+// and add new regions here (docs/deploy.md, "Regions").
 @minLength(1)
 @description('Region of every resource; it must offer the Flex Consumption plan (az functionapp list-flexconsumption-locations).')
+@allowed([
+  'australiaeast'
+  'australiasoutheast'
+  'brazilsouth'
+  'canadacentral'
+  'centralindia'
+  'centralus'
+  'eastasia'
+  'eastus'
+  'eastus2'
+  'francecentral'
+  'germanywestcentral'
+  'italynorth'
+  'japaneast'
+  'koreacentral'
+  'northcentralus'
+  'northeurope'
+  'norwayeast'
+  'southafricanorth'
+  'southcentralus'
+  'southeastasia'
+  'southindia'
+  'spaincentral'
+  'swedencentral'
+  'uaenorth'
+  'uksouth'
+  'ukwest'
+  'westcentralus'
+  'westeurope'
+  'westus'
+  'westus2'
+  'westus3'
+])
 @metadata({
   azd: {
     type: 'location'
@@ -29,11 +67,37 @@ param sharePointAdminUrl string = ''
 @description('NCRONTAB schedule of the reconciliation timer (app setting RECONCILE_SCHEDULE).')
 param reconcileSchedule string = '0 0 */6 * * *'
 
-@description('Sync guest accounts too (app setting SYNC_INCLUDE_GUESTS).')
-param includeGuests bool = true
+// Booleans are strings on purpose: azd converts a `bool` parameter's value with Go's
+// strconv.ParseBool (Azure/azure-dev cli/azd/pkg/infra/provisioning/bicep/bicep_provider.go,
+// armParameterFileValue), which rejects yes/no/on/off and then drops the value, so the template
+// default (true) would win over `azd env set SYNC_INCLUDE_GUESTS no`. As strings they reach the app
+// setting unchanged, and the app reads them (shared/settings.py _Reader.flag). The allowed words are
+// exactly the ones the app accepts (tests/test_infra_settings.py checks that).
+@allowed([
+  'true'
+  'false'
+  'yes'
+  'no'
+  'on'
+  'off'
+  '1'
+  '0'
+])
+@description('Sync guest accounts too (app setting SYNC_INCLUDE_GUESTS): true/false, yes/no, on/off, 1/0.')
+param includeGuests string = 'true'
 
-@description('Sync enabled accounts only (app setting SYNC_ENABLED_ONLY).')
-param enabledOnly bool = true
+@allowed([
+  'true'
+  'false'
+  'yes'
+  'no'
+  'on'
+  'off'
+  '1'
+  '0'
+])
+@description('Sync enabled accounts only (app setting SYNC_ENABLED_ONLY): true/false, yes/no, on/off, 1/0.')
+param enabledOnly string = 'true'
 
 @description('Comma-separated group object ids: only their transitive user members are synced (SYNC_INCLUDE_GROUPS). Needs GroupMember.Read.All.')
 param includeGroups string = ''
@@ -44,15 +108,18 @@ param excludeGroups string = ''
 @description('Microsoft Graph endpoint (GRAPH_BASE_URL); change only for national clouds.')
 param graphBaseUrl string = 'https://graph.microsoft.com/v1.0'
 
-@description('Override of the photos folder on the My Site host, e.g. User Photos/Profilbilder (SHAREPOINT_PHOTOS_FOLDER). Empty: learned from linked profiles or the User Photos library.')
+@description('Library/folder of the thumbnails on the My Site host (SHAREPOINT_PHOTOS_FOLDER); empty: the app finds it (the folder name follows the My Site language).')
 param photosFolder string = ''
 
-@description('File names for profiles still on a placeholder (SHAREPOINT_THUMBNAIL_NAMING): object-id, as SharePoint names them now, or upn.')
-@allowed(['object-id', 'upn'])
-param thumbnailNaming string = 'object-id'
-
-@description('CompanyName in the User-Agent NONISV|<organisation>|photo-sync/<version> (PHOTO_SYNC_ORGANISATION). Empty: the tenant name of the My Site host.')
+@description('CompanyName in the SharePoint traffic decoration User-Agent NONISV|<organisation>|photo-sync/<version> (PHOTO_SYNC_ORGANISATION). Empty: the tenant name of the My Site host.')
 param organisation string = ''
+
+@allowed([
+  'object-id'
+  'upn'
+])
+@description('File stem of the thumbnails for profiles still on a placeholder (SHAREPOINT_THUMBNAIL_NAMING).')
+param thumbnailNaming string = 'object-id'
 
 // Secret Graph echoes in every change notification (GRAPH_CLIENT_STATE). azd passes the value the
 // preprovision hook stored in the azd environment, so it is the same on every provision. The
@@ -65,11 +132,47 @@ param organisation string = ''
 @description('Graph clientState secret (16-128 characters).')
 param graphClientState string = newGuid()
 
-@description('Object id of the deploying user (azd sets AZURE_PRINCIPAL_ID). Gets queue and table data access so the CLI and az storage commands work against this account. Empty: none.')
+@description('Object id of the deploying principal (azd sets AZURE_PRINCIPAL_ID). Gets queue and table data access so the CLI and az storage commands work against this account. Empty: none.')
 param principalId string = ''
 
-@description('Most instances the Flex Consumption app may scale out to. Graph and SharePoint throttle per app, so more instances do not mean more throughput.')
-param maximumInstanceCount int = 40
+@allowed([
+  'User'
+  'ServicePrincipal'
+])
+@description('Type of principalId (azd sets AZURE_PRINCIPAL_TYPE: User after `azd auth login`, ServicePrincipal in CI).')
+param principalType string = 'User'
+
+// Scale-out within SharePoint's budget (docs/deploy.md, "Scale and the SharePoint budget").
+// maximumInstanceCount is per app (Microsoft.Web/sites functionAppConfig.scaleAndConcurrency:
+// "The maximum number of instances for the function app"): 1 to 1,000, default 100, below 40 only
+// "for advanced scenarios" of HTTP apps (azure-docs articles/azure-functions/migration/
+// migrate-plan-consumption-to-flex.md, 2026; older pages said the lowest value was 40). Every worker
+// process paces its SharePoint calls at sharePointRuPerMinute / maximumInstanceCount, so the whole
+// app stays within the budget however far it scales.
+@minValue(1)
+@maxValue(1000)
+@description('Most instances the Flex Consumption app may scale out to (also app setting PHOTO_SYNC_MAX_INSTANCES): each process paces itself at the SharePoint budget divided by this.')
+param maximumInstanceCount int = 4
+
+@minValue(100)
+@maxValue(6250)
+@description('The app\'s SharePoint resource-unit budget per minute in the tenant (SHAREPOINT_RU_PER_MINUTE): 1,250 / 2,500 / 3,750 / 5,000 / 6,250 by licence count.')
+param sharePointRuPerMinute int = 1250
+
+@minValue(1)
+@maxValue(4)
+@description('Graph photo requests in flight for the whole app (GRAPH_PHOTO_CONCURRENCY); Outlook allows 4 per app.')
+param graphPhotoConcurrency int = 4
+
+// Graph validates the webhook within 10 s when the subscription is created; on Flex Consumption the
+// HTTP functions scale in their own group ("http"), separately from the timer that creates the
+// subscription, so a cold HTTP group may miss the handshake. One always-ready instance keeps it warm
+// (azure-docs articles/azure-functions/flex-consumption-plan.md, "Per-function scaling" and
+// "Always ready instances"). 0 saves its baseline cost; the app then relies on its retry.
+@minValue(0)
+@maxValue(20)
+@description('Always-ready instances of the HTTP function group (webhooks, health, manual sync). 0: none.')
+param httpAlwaysReady int = 1
 
 @allowed([
   2048
@@ -77,6 +180,19 @@ param maximumInstanceCount int = 40
 ])
 @description('Instance memory size of the Flex Consumption app.')
 param instanceMemoryMB int = 2048
+
+// Alerts (docs/deploy.md, "Alerts").
+@description('E-mail address for alert notifications (ALERT_EMAIL). Empty: the alert rules are created without an action group; they still fire in Azure Monitor > Alerts.')
+param alertEmail string = ''
+
+@minValue(0)
+@maxValue(48)
+@description('Alert when no reconciliation completed for this many hours (ALERT_RECONCILE_AFTER_HOURS). 0: twice the interval of reconcileSchedule when it is every N hours (*/N in the hour field), else 48.')
+param reconcileAlertAfterHours int = 0
+
+@minValue(1)
+@description('Alert when more than this many syncs end `failed` within one hour (ALERT_FAILED_PER_HOUR).')
+param failedAlertThreshold int = 20
 
 param resourceGroupName string = ''
 param functionAppName string = ''
@@ -195,6 +311,7 @@ module rbac './app/rbac.bicep' = {
     appInsightsName: monitoring.outputs.name
     managedIdentityPrincipalId: identity.outputs.principalId
     userIdentityPrincipalId: principalId
+    userIdentityPrincipalType: principalType
   }
 }
 
@@ -213,14 +330,17 @@ module api './app/api.bicep' = {
     identityClientId: identity.outputs.clientId
     instanceMemoryMB: instanceMemoryMB
     maximumInstanceCount: maximumInstanceCount
+    httpAlwaysReady: httpAlwaysReady
+    sharePointRuPerMinute: sharePointRuPerMinute
+    graphPhotoConcurrency: graphPhotoConcurrency
+    organisation: organisation
+    thumbnailNaming: thumbnailNaming
     syncQueueName: syncQueueName
     stateTableName: stateTableName
     graphBaseUrl: graphBaseUrl
     sharePointMySiteUrl: sharePointMySiteUrl
     sharePointAdminUrl: sharePointAdminUrl
     photosFolder: photosFolder
-    thumbnailNaming: thumbnailNaming
-    organisation: organisation
     graphClientState: graphClientState
     reconcileSchedule: reconcileSchedule
     includeGuests: includeGuests
@@ -232,6 +352,31 @@ module api './app/api.bicep' = {
     storageQueues
     rbac
   ]
+}
+
+// Alert rules on the app's structured log records (infra/app/alerts.bicep, docs/deploy.md "Alerts").
+// The interval of an every-N-hours schedule ('0 0 */6 * * *': the hour field is '*/6'); anything else
+// is treated as daily. ARM evaluates only the branch of a conditional it takes, so int() never sees
+// a non-number.
+var scheduleFields = split(reconcileSchedule, ' ')
+var scheduleHours = length(scheduleFields) == 6 ? scheduleFields[2] : ''
+var reconcileIntervalHours = startsWith(scheduleHours, '*/') ? int(substring(scheduleHours, 2)) : 24
+var derivedReconcileAlertHours = min(2 * reconcileIntervalHours, 48)
+
+module alerts './app/alerts.bicep' = {
+  name: 'alerts'
+  scope: rg
+  params: {
+    appInsightsName: monitoring.outputs.name
+    location: location
+    tags: tags
+    resourceToken: resourceToken
+    alertEmail: alertEmail
+    reconcileAlertAfterHours: reconcileAlertAfterHours > 0 ? reconcileAlertAfterHours : derivedReconcileAlertHours
+    failedAlertThreshold: failedAlertThreshold
+    poisonQueueName: '${syncQueueName}-poison'
+    functionAppName: api.outputs.name
+  }
 }
 
 output AZURE_LOCATION string = location

@@ -11,7 +11,8 @@ GRAPH_URL="${GRAPH_URL:-https://graph.microsoft.com}"
 
 usage() {
     cat <<USAGE
-Usage: $(basename "$0") [--principal-id ID] [--mysite-url URL] [--full-control] [--groups] [--dry-run]
+Usage: $(basename "$0") [--principal-id ID] [--mysite-url URL] [--full-control | --skip-site-grant]
+       [--groups] [--dry-run]
 
 Grants the managed identity's service principal:
   Microsoft Graph  User.Read.All          list and read users; change notifications on users
@@ -27,19 +28,27 @@ Options:
   --mysite-url URL   My Site host, e.g. https://contoso-my.sharepoint.com
                      (default: azd env value SHAREPOINT_MYSITE_URL)
   --full-control     grant SharePoint Sites.FullControl.All instead of Sites.Selected + site grant
+  --skip-site-grant  do not look at the My Site host's site grant: a SharePoint administrator made
+                     it by hand (the fallback below); the app roles are still checked and granted
   --groups           also grant Microsoft Graph GroupMember.Read.All
   --dry-run          show what would be granted, change nothing
   -h, --help         this text
 
 Needs the Azure CLI signed in (az login) to the tenant, as an admin allowed to grant application
-permissions. The Sites.Selected site grant also needs a SharePoint administrator; when the CLI's
-token may not create it, the script prints the PnP PowerShell command that does.
+permissions. Reading and creating the Sites.Selected site grant both need Sites.FullControl.All on
+the caller's token, which the Azure CLI's token may not carry: then the script prints the commands a
+SharePoint administrator runs instead and exits with code 3; run it again with --skip-site-grant
+once they have.
+
+Exit codes: 0 done, 1 a Graph call failed, 2 bad arguments or no Azure CLI, 3 the site grant needs a
+SharePoint administrator (printed).
 USAGE
 }
 
 principal_id=""
 mysite_url=""
 full_control=false
+skip_site_grant=false
 groups=false
 dry_run=false
 while [ $# -gt 0 ]; do
@@ -47,6 +56,7 @@ while [ $# -gt 0 ]; do
         --principal-id) principal_id="${2:?--principal-id needs a value}"; shift 2 ;;
         --mysite-url) mysite_url="${2:?--mysite-url needs a value}"; shift 2 ;;
         --full-control) full_control=true; shift ;;
+        --skip-site-grant) skip_site_grant=true; shift ;;
         --groups) groups=true; shift ;;
         --dry-run) dry_run=true; shift ;;
         -h|--help) usage; exit 0 ;;
@@ -71,7 +81,11 @@ if [ -z "$principal_id" ]; then
     echo "No service principal: pass --principal-id (the identity's principal/object id)" >&2
     exit 2
 fi
-if ! $full_control && [ -z "$mysite_url" ]; then
+if $full_control && $skip_site_grant; then
+    echo "--full-control needs no site grant; --skip-site-grant is for Sites.Selected" >&2
+    exit 2
+fi
+if ! $full_control && ! $skip_site_grant && [ -z "$mysite_url" ]; then
     echo "No My Site URL: pass --mysite-url https://contoso-my.sharepoint.com (or use --full-control)" >&2
     exit 2
 fi
@@ -87,8 +101,11 @@ graph() {
 
 say() { printf '%s\n' "$*"; }
 
-sp_name="$(graph get "/servicePrincipals/$principal_id?\$select=displayName" --query displayName -o tsv)"
-sp_app_id="$(graph get "/servicePrincipals/$principal_id?\$select=appId" --query appId -o tsv)"
+if ! sp_name="$(graph get "/servicePrincipals/$principal_id?\$select=displayName" --query displayName -o tsv)" \
+    || ! sp_app_id="$(graph get "/servicePrincipals/$principal_id?\$select=appId" --query appId -o tsv)"; then
+    echo "error: cannot read the service principal $principal_id (az login to its tenant, as an admin?)" >&2
+    exit 1
+fi
 say "Identity: $sp_name (service principal $principal_id, client id $sp_app_id)"
 
 granted=0
@@ -123,29 +140,60 @@ grant_app_role() {
     granted=$((granted + 1))
 }
 
+manual_site_grant() {
+    # The commands a SharePoint administrator runs instead; exit code 3 (docs/permissions.md).
+    local why="$1"
+    cat >&2 <<MANUAL
+
+$why
+Reading and creating site permissions (GET/POST /sites/{id}/permissions) both need
+Sites.FullControl.All on the caller's token, which the Azure CLI's token may not carry. Ask a
+SharePoint administrator to give the app 'write' on https://$mysite_host with one of:
+
+  PnP PowerShell:
+    Connect-PnPOnline -Url https://$mysite_host -Interactive -ClientId <your PnP app id>
+    Grant-PnPAzureADAppSitePermission -AppId $sp_app_id -DisplayName "$sp_name" -Site https://$mysite_host -Permissions Write
+
+  CLI for Microsoft 365:
+    m365 spo site apppermission add --siteUrl https://$mysite_host --appId $sp_app_id --appDisplayName "$sp_name" --permission write
+
+Then run this script again with --skip-site-grant (the app roles above are in place), or use
+--full-control instead of Sites.Selected.
+MANUAL
+    exit 3
+}
+
 grant_site_write() {
     # Sites.Selected: give the app 'write' on the My Site host's root site (User Photos lives there).
-    local site_id current perm_id body
-    site_id="$(graph get "/sites/$mysite_host?\$select=id" --query id -o tsv)"
-    current="$(graph get "/sites/$site_id/permissions" \
+    local site_id current perm_id roles body
+    if ! site_id="$(graph get "/sites/$mysite_host?\$select=id" --query id -o tsv)" || [ -z "$site_id" ]; then
+        manual_site_grant "Cannot look up the site https://$mysite_host (the Azure CLI's token needs Sites.Read.All for that)."
+    fi
+    if ! current="$(graph get "/sites/$site_id/permissions" \
         --query "value[?grantedToIdentitiesV2[?application.id=='$sp_app_id'] || grantedToIdentities[?application.id=='$sp_app_id']] | [0].[id, join(',', roles)]" \
-        -o tsv || true)"
+        -o tsv)"; then
+        # Not POSTing blindly: creating needs the same permission the read just lacked, and a grant
+        # made by hand may already be there.
+        manual_site_grant "Cannot verify the site grant on https://$mysite_host: reading site permissions was refused."
+    fi
     perm_id="$(printf '%s' "$current" | cut -f1)"
-    case "$(printf '%s' "$current" | cut -f2)" in
-        *write*|*owner*|*fullcontrol*)
-            say "  = site https://$mysite_host: already granted ($(printf '%s' "$current" | cut -f2))"
+    roles="$(printf '%s' "$current" | cut -s -f2)"
+    case ",$roles," in
+        *,write,*|*,manage,*|*,owner,*|*,fullcontrol,*)
+            # write is what photo-sync needs; manage, owner and fullcontrol include it: never lower them.
+            say "  = site https://$mysite_host: already granted ($roles)"
             skipped=$((skipped + 1))
             return ;;
     esac
     if $dry_run; then
-        say "  + site https://$mysite_host: would grant 'write' to $sp_app_id"
+        say "  + site https://$mysite_host: would grant 'write' to $sp_app_id${roles:+ (has: $roles)}"
         return
     fi
     if [ -n "$perm_id" ] && [ "$perm_id" != "None" ]; then
         body='{"roles": ["write"]}'
         if graph patch "/sites/$site_id/permissions/$perm_id" --headers "Content-Type=application/json" \
             --body "$body" --output none; then
-            say "  + site https://$mysite_host: raised to 'write'"
+            say "  + site https://$mysite_host: raised from '$roles' to 'write'"
             granted=$((granted + 1))
             return
         fi
@@ -158,17 +206,7 @@ grant_site_write() {
             return
         fi
     fi
-    cat >&2 <<MANUAL
-
-The site grant failed: creating site permissions needs Sites.FullControl.All for the caller, which
-the Azure CLI's token may not carry. Ask a SharePoint administrator to run (PnP PowerShell):
-
-  Connect-PnPOnline -Url https://$mysite_host -Interactive -ClientId <your PnP app id>
-  Grant-PnPAzureADAppSitePermission -AppId $sp_app_id -DisplayName "$sp_name" -Site https://$mysite_host -Permissions Write
-
-then run this script again to check, or use --full-control instead of Sites.Selected.
-MANUAL
-    exit 3
+    manual_site_grant "The site grant on https://$mysite_host failed."
 }
 
 say "Microsoft Graph:"
@@ -183,7 +221,11 @@ if $full_control; then
     grant_app_role "$SHAREPOINT_APP_ID" "Sites.FullControl.All" "SharePoint"
 else
     grant_app_role "$SHAREPOINT_APP_ID" "Sites.Selected" "SharePoint"
-    grant_site_write
+    if $skip_site_grant; then
+        say "  - site grant: skipped (--skip-site-grant: made by a SharePoint administrator)"
+    else
+        grant_site_write
+    fi
 fi
 
 if $dry_run; then

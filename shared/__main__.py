@@ -32,6 +32,10 @@ from .sync import Outcome, SyncContext, SyncResult, UserBusy, open_context, sync
 CONCURRENCY = 8  # Graph photo endpoints allow 4 concurrent requests per mailbox; users differ
 
 
+TABLE_MISSING = ("The state table {table} does not exist yet: nothing has been synced. The app "
+                 "creates it on its first write (the first sync or timer run).")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -178,6 +182,8 @@ async def _status_command(args: argparse.Namespace) -> int:
             rows = [s for s in [await store.get(check_user_key(u)) for u in args.users] if s]
         else:
             rows = [s async for s in store.all_users()]
+        if store.table_missing:
+            print(TABLE_MISSING.format(table=store.table_name), file=sys.stderr)
     _print_states(rows, args.json)
     return 0
 
@@ -187,6 +193,8 @@ def _print_summary(summary: dict[str, object], as_json: bool) -> None:
         print(json.dumps(summary))
         return
     console = Console()
+    if summary.get("stateTableExists") is False:
+        console.print(TABLE_MISSING.format(table=get_settings().state_table))
     outcomes = summary["outcomes"]
     assert isinstance(outcomes, dict)
     table = Table("outcome", "users", title=f"{summary['users']} users known to photo-sync")

@@ -59,6 +59,15 @@ class GraphError(RuntimeError):
     """A Graph call failed in a way retrying this message may fix (5xx, throttled past retries)."""
 
 
+class SubscriptionValidationFailed(GraphError):
+    """Graph could not validate the webhook within its 10 s while creating the subscription.
+
+    Graph answers 400 "Subscription validation request timed out." (or "... failed.") when the
+    notification URL does not echo the token in time, e.g. from a cold Function App instance
+    (microsoftgraph/microsoft-graph-docs#5554, microsoftgraph/msgraph-sdk-dotnet#2805): worth a retry.
+    """
+
+
 def build_graph_client(settings: Settings, credential: CachingCredential, http: httpx.AsyncClient,
                        max_retries: int = 3) -> GraphServiceClient:
     host = urlsplit(settings.graph_base_url).hostname or ""
@@ -294,6 +303,11 @@ class GraphDirectory:
         try:
             created = await self._call(lambda: self.client.subscriptions.post(subscription))
         except ODataError as error:
+            message = (error.error.message if error.error else None) or ""
+            if error.response_status_code == 400 and \
+                    message.startswith("Subscription validation request"):
+                raise SubscriptionValidationFailed(
+                    f"Graph could not validate the webhook: {message}") from None
             raise _as_graph_error(error, "creating the subscription") from None
         assert created is not None
         return created

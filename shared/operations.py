@@ -40,6 +40,7 @@ async def tenant_summary(settings: Settings) -> dict[str, Any]:
         outcomes = Counter([state.outcome or "pending" async for state in store.all_users()])
         cursor = await store.get_cursor()
         subscription = await store.get_subscription()
+        table_exists = not store.table_missing  # reads never create it (Table Data Reader suffices)
     queues = {name: await queue_depth(settings, name) for name in (
         settings.queue_name, settings.poison_queue_name, f"{settings.queue_name}-control",
         f"{settings.queue_name}-control-poison")}
@@ -51,6 +52,7 @@ async def tenant_summary(settings: Settings) -> dict[str, Any]:
         "subscription": {"id": subscription.subscription_id,
                          "expiresAt": subscription.expires_at.isoformat()} if subscription else None,
         "queues": queues,
+        "stateTableExists": table_exists,
     }
 
 

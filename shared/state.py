@@ -127,11 +127,26 @@ def table_client(storage: StorageSettings, table_name: str) -> TableClient:
 
 
 class StateStore:
-    """Reads and writes UserState rows; creates the table on first use."""
+    """Reads and writes UserState rows; creates the table on the first write.
+
+    Reads never create it: `status` and `GET /api/health` work with Storage Table Data Reader, and a
+    read of a table that does not exist yet answers "nothing" and sets `table_missing`, so callers
+    can say so instead of failing.
+    """
 
     def __init__(self, client: TableClient) -> None:
         self._client = client
         self._created = False
+        self.table_missing = False
+
+    @property
+    def table_name(self) -> str:
+        return self._client.table_name
+
+    def _note_missing(self, error: ResourceNotFoundError) -> None:
+        """A 404 for the table itself (error code TableNotFound), not for one entity."""
+        if getattr(error, "error_code", None) == "TableNotFound":
+            self.table_missing = True
 
     @classmethod
     def from_settings(cls, settings: Settings) -> StateStore:
@@ -146,10 +161,10 @@ class StateStore:
             self._created = True
 
     async def get(self, user_id: str) -> UserState | None:
-        await self._ensure_table()
         try:
             entity = await self._client.get_entity(USER_PARTITION, user_id)
-        except ResourceNotFoundError:
+        except ResourceNotFoundError as error:
+            self._note_missing(error)
             return None
         return UserState.from_entity(dict(entity))
 
@@ -159,9 +174,12 @@ class StateStore:
         await self._client.upsert_entity(state.to_entity(), mode=UpdateMode.REPLACE)
 
     async def all_users(self) -> AsyncIterator[UserState]:
-        await self._ensure_table()
-        async for entity in self._client.query_entities(f"PartitionKey eq '{USER_PARTITION}'"):
-            yield UserState.from_entity(dict(entity))
+        entities = self._client.query_entities(f"PartitionKey eq '{USER_PARTITION}'")
+        try:
+            async for entity in entities:
+                yield UserState.from_entity(dict(entity))
+        except ResourceNotFoundError as error:
+            self._note_missing(error)
 
     async def seen_index(self) -> SeenIndex:
         """What the reconciliation compares Graph with, for every user, in one partition scan.
@@ -170,23 +188,25 @@ class StateStore:
         answers OR-ed row keys with partition scans, which grew with the table. Kept compact:
         about 80 bytes per user, so 100,000 users cost about 8 MB.
         """
-        await self._ensure_table()
         index = SeenIndex()
         entities = self._client.query_entities(
             f"PartitionKey eq '{USER_PARTITION}'", select=["RowKey", "seen_etag", "uploaded_hash"],
             results_per_page=1000)
-        async for entity in entities:
-            index.add(entity["RowKey"], entity.get("seen_etag") or "",
-                      bool(entity.get("uploaded_hash") or entity.get("seen_etag")))
+        try:
+            async for entity in entities:
+                index.add(entity["RowKey"], entity.get("seen_etag") or "",
+                          bool(entity.get("uploaded_hash") or entity.get("seen_etag")))
+        except ResourceNotFoundError as error:
+            self._note_missing(error)
         return index
 
     # Control rows: the subscription, the reconcile cursor and its lease
 
     async def _control(self, name: str) -> dict[str, Any] | None:
-        await self._ensure_table()
         try:
             return dict(await self._client.get_entity(CONTROL_PARTITION, name))
-        except ResourceNotFoundError:
+        except ResourceNotFoundError as error:
+            self._note_missing(error)
             return None
 
     async def get_subscription(self) -> SubscriptionRecord | None:

@@ -6,12 +6,15 @@ or when NOTIFICATION_URL changed. Its id and expiry live in the state table.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from .graph import GraphDirectory
+from msgraph.generated.models.subscription import Subscription
+
+from .graph import GraphDirectory, SubscriptionValidationFailed
 from .settings import Settings
 from .state import StateStore, SubscriptionRecord, utc_now
 
@@ -21,6 +24,9 @@ log = logging.getLogger("photo_sync.subscriptions")
 MAX_LIFETIME = timedelta(minutes=41_760)
 LIFETIME_MARGIN = timedelta(hours=1)  # clock skew between us and Graph
 RENEW_WHEN_LESS_THAN = timedelta(days=7)
+# Graph validates both webhook URLs within 10 s; a cold HTTP instance on Flex Consumption may miss
+# that the first time (its request still wakes the instance up), so creation is tried again.
+VALIDATION_RETRY_DELAYS = (5.0, 15.0)
 
 
 @dataclass(frozen=True)
@@ -101,14 +107,30 @@ async def show(state: StateStore) -> SubscriptionStatus:
 
 async def _create(settings: Settings, graph: GraphDirectory, state: StateStore) -> SubscriptionStatus:
     assert settings.notification_url and settings.client_state
-    expires = _new_expiry()
-    created = await graph.create_subscription(notification_url=settings.notification_url,
-                                              lifecycle_url=settings.lifecycle_notification_url,
-                                              client_state=settings.client_state, expires=expires)
+    created = await _create_with_retry(settings, graph)
+    expires = created.expiration_date_time or _new_expiry()
     subscription_id = created.id or ""
-    expires = created.expiration_date_time or expires
     await state.save_subscription(SubscriptionRecord(subscription_id, expires,
                                                      settings.notification_url,
                                                      client_state_hash(settings)))
     log.info("subscription created", extra={"subscription_id": subscription_id})
     return SubscriptionStatus("created", subscription_id, expires)
+
+
+async def _create_with_retry(settings: Settings, graph: GraphDirectory) -> Subscription:
+    """POST /subscriptions, again after a failed webhook validation (a cold instance wakes up)."""
+    assert settings.notification_url and settings.client_state
+    delays = iter(VALIDATION_RETRY_DELAYS)
+    while True:
+        try:
+            return await graph.create_subscription(
+                notification_url=settings.notification_url,
+                lifecycle_url=settings.lifecycle_notification_url,
+                client_state=settings.client_state, expires=_new_expiry())
+        except SubscriptionValidationFailed as error:
+            delay = next(delays, None)
+            if delay is None:
+                raise
+            log.warning("webhook validation failed; creating the subscription again",
+                        extra={"retry_in_s": delay, "error": str(error)})
+            await asyncio.sleep(delay)

@@ -166,6 +166,9 @@ class TenantSimulator:
         self._clock = _Clock(clock or time.time)
         self.latency_ms: float = 0
         self.drop_notifications: bool = False
+        # Graph gives the webhook 10 s to echo the validation token (microsoft-graph-docs
+        # concepts/change-notifications-delivery-webhooks.md, "notificationUrl validation").
+        self.validation_timeout: float = 10.0
         self.notifications_dropped: int = 0
         self._users: list[User] = list(tenant.users)
         self._by_key: dict[str, User] = {}

@@ -451,8 +451,13 @@ def create_subscription(sim: "TenantSimulator", req: Request) -> Response:
         return error(400, "InvalidRequest", "clientState must be at most 128 characters.")
     for target in [url] + ([lifecycle] if lifecycle else []):
         token = _validation_token()
-        ok, detail = validate_endpoint(target, token, 10.0)
+        ok, detail = validate_endpoint(target, token, sim.validation_timeout)
         sim.validations.append({"url": target, "ok": ok, "detail": detail, "time": time.time()})
+        if not ok and "timed out" in detail.lower():
+            # Graph's answer when the endpoint is too slow: 400 InvalidRequest "Subscription
+            # validation request timed out." (microsoftgraph/microsoft-graph-docs#5554, a cold
+            # Azure Functions app; microsoftgraph/msgraph-sdk-dotnet#2805).
+            return error(400, "InvalidRequest", "Subscription validation request timed out.")
         if not ok:
             return error(400, "ValidationError", "Subscription validation request failed. Notification endpoint must respond with 200 OK to validation request.")
     claims = req.claims

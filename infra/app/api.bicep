@@ -11,7 +11,13 @@ param applicationInsightsName string
 param identityId string
 param identityClientId string
 param instanceMemoryMB int = 2048
-param maximumInstanceCount int = 40
+param maximumInstanceCount int = 4
+@description('Always-ready instances of the HTTP function group; 0: none.')
+param httpAlwaysReady int = 1
+param sharePointRuPerMinute int = 1250
+param graphPhotoConcurrency int = 4
+param organisation string = ''
+param thumbnailNaming string = 'object-id'
 
 param syncQueueName string
 param stateTableName string
@@ -19,13 +25,12 @@ param graphBaseUrl string
 param sharePointMySiteUrl string
 param sharePointAdminUrl string = ''
 param photosFolder string = ''
-param thumbnailNaming string = 'object-id'
-param organisation string = ''
 @secure()
 param graphClientState string
 param reconcileSchedule string
-param includeGuests bool = true
-param enabledOnly bool = true
+// Strings, not bool: the app reads true/false, yes/no, on/off, 1/0 (see main.bicep).
+param includeGuests string = 'true'
+param enabledOnly string = 'true'
 param includeGroups string = ''
 param excludeGroups string = ''
 
@@ -65,6 +70,15 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
       scaleAndConcurrency: {
         instanceMemoryMB: instanceMemoryMB
         maximumInstanceCount: maximumInstanceCount
+        // Per-function scale groups: 'http' is every HTTP-triggered function
+        // (azure-docs flex-consumption-plan.md "Per-function scaling"); REST type
+        // FunctionsAlwaysReadyConfig {name, instanceCount}.
+        alwaysReady: httpAlwaysReady > 0 ? [
+          {
+            name: 'http'
+            instanceCount: httpAlwaysReady
+          }
+        ] : []
       }
       runtime: {
         name: 'python'
@@ -109,8 +123,12 @@ var appSettings = {
   NOTIFICATION_URL: '${baseUrl}/api/notifications'
   LIFECYCLE_NOTIFICATION_URL: '${baseUrl}/api/lifecycle'
   RECONCILE_SCHEDULE: reconcileSchedule
-  SYNC_INCLUDE_GUESTS: includeGuests ? 'true' : 'false'
-  SYNC_ENABLED_ONLY: enabledOnly ? 'true' : 'false'
+  SYNC_INCLUDE_GUESTS: includeGuests
+  SYNC_ENABLED_ONLY: enabledOnly
+  // Scale-out within the SharePoint budget: each process paces at the budget / max instances.
+  PHOTO_SYNC_MAX_INSTANCES: string(maximumInstanceCount)
+  SHAREPOINT_RU_PER_MINUTE: string(sharePointRuPerMinute)
+  GRAPH_PHOTO_CONCURRENCY: string(graphPhotoConcurrency)
   SYNC_INCLUDE_GROUPS: includeGroups
   SYNC_EXCLUDE_GROUPS: excludeGroups
 }

@@ -6,8 +6,21 @@ param appInsightsName string
 param managedIdentityPrincipalId string
 @description('Deploying user (AZURE_PRINCIPAL_ID); empty: no assignment.')
 param userIdentityPrincipalId string = ''
+// azd substitutes ${AZURE_PRINCIPAL_TYPE} with the signed-in principal's type: 'User' for
+// `azd auth login`, 'ServicePrincipal' in CI (Azure/azure-dev cli/azd/pkg/environment/environment.go
+// PrincipalTypeEnvVarName; pkg/infra/provisioning/current_principal_id_provider.go). A role
+// assignment whose principalType does not match the principal is refused (UnmatchedPrincipalType).
+@allowed([
+  'User'
+  'ServicePrincipal'
+  'Group'
+])
+@description('Type of userIdentityPrincipalId (AZURE_PRINCIPAL_TYPE).')
+param userIdentityPrincipalType string = 'User'
 
-// Built-in role definition ids
+// Built-in role definition ids (Azure built-in roles reference,
+// learn.microsoft.com/azure/role-based-access-control/built-in-roles; tests/test_infra_roles.py
+// checks each id against the role it names).
 var storageBlobDataOwner = 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b' // host: deployment package, timer locks
 var storageQueueDataContributor = '974c5e8b-45b9-4653-ba55-5f855dd0fb88' // sync and control queues
 var storageTableDataContributor = '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3' // state table
@@ -62,7 +75,7 @@ resource userStorage 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
     properties: {
       roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleId)
       principalId: userIdentityPrincipalId
-      principalType: 'User'
+      principalType: userIdentityPrincipalType
     }
   }
 ]
