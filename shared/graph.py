@@ -35,6 +35,7 @@ from msgraph_core import GraphClientFactory
 
 from .credentials import CachingCredential, scope_for
 from .settings import Settings
+from .telemetry import CountingTransport
 
 USER_FIELDS = ["id", "userPrincipalName", "displayName", "mail", "accountEnabled", "userType"]
 BATCH_SIZE = 20  # Graph's JSON $batch limit
@@ -76,7 +77,8 @@ class GraphDirectory:
     """The few Graph reads photo-sync needs, with 'not there' as a value rather than an error."""
 
     def __init__(self, settings: Settings, credential: CachingCredential) -> None:
-        self._http = httpx.AsyncClient(timeout=httpx.Timeout(60, connect=10), http2=True)
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(60, connect=10),
+                                       transport=CountingTransport("graph", http2=True))
         self.client = build_graph_client(settings, credential, self._http)
         self._credential = credential
         self._scope = scope_for(settings.graph_base_url)

@@ -19,6 +19,7 @@ from kiota_http.middleware.options import RetryHandlerOption
 
 from .credentials import CachingCredential, scope_for
 from .settings import Settings
+from .telemetry import CountingTransport
 
 JSON = "application/json;odata=nometadata"
 PICTURE_URL = "PictureURL"
@@ -81,7 +82,8 @@ class BearerAuth(httpx.Auth):
 
 def build_http_client(credential: CachingCredential, max_retries: int = 3) -> httpx.AsyncClient:
     client = httpx.AsyncClient(auth=BearerAuth(credential), timeout=httpx.Timeout(60, connect=10),
-                               http2=True, headers={"Accept": JSON})
+                               transport=CountingTransport("sharepoint", http2=True),
+                               headers={"Accept": JSON})
     retry = RetryHandler(RetryHandlerOption(max_retries=max_retries))
     return KiotaClientFactory.create_with_custom_middleware([retry], client=client)
 

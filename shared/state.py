@@ -40,6 +40,7 @@ class UserState:
     uploaded_hash: str = ""      # sha256 of the three thumbnails SharePoint holds now
     outcome: str = ""
     reason: str = ""
+    reason_code: str = ""        # stable code of `reason` (shared/reasons.py)
     updated_at: datetime = field(default_factory=utc_now)
 
     def to_entity(self) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 
+from . import reasons, telemetry
 from .credentials import CachingCredential, build_credential
 from .graph import DirectoryUser, GraphDirectory
 from .queue import SyncRequest
@@ -45,13 +46,14 @@ class SyncResult:
     upn: str
     outcome: Outcome
     reason: str = ""
+    code: str = ""  # stable reason code, shared/reasons.py
 
     def as_dict(self) -> dict[str, str]:
         return {"userId": self.user_id, "upn": self.upn, "outcome": self.outcome.value,
-                "reason": self.reason}
+                "reasonCode": self.code, "reason": self.reason}
 
 
-ResultFor = Callable[..., SyncResult]  # `result(outcome, reason)` bound to one user
+ResultFor = Callable[..., SyncResult]  # `result(outcome, reason, code)` bound to one user
 
 
 @dataclass
@@ -89,10 +91,19 @@ USER_LEASE_SECONDS = 60  # longer than one user's sync; a crashed worker's lease
 
 
 async def sync_user(context: SyncContext, request: SyncRequest, dry_run: bool = False) -> SyncResult:
-    """Bring one user's SharePoint picture in line with their Microsoft 365 photo."""
+    """Bring one user's SharePoint picture in line with their Microsoft 365 photo; log one
+    "sync finished" record with the outcome, its code, the duration and the requests it took."""
+    with telemetry.counting() as counts:
+        result = await _sync_user(context, request, dry_run)
+    telemetry.log_sync(result, request.reason, counts, dry_run=dry_run)
+    return result
+
+
+async def _sync_user(context: SyncContext, request: SyncRequest, dry_run: bool) -> SyncResult:
     user = await context.graph.get_user(request.user_id)
     if user is None:
-        return SyncResult(request.user_id, "", Outcome.SKIPPED, "no such user in the directory")
+        return SyncResult(request.user_id, "", Outcome.SKIPPED, "no such user in the directory",
+                          reasons.USER_NOT_FOUND.code)
     if dry_run:
         return await _sync_and_record(context, user, request, dry_run=True)
     owner, lease = uuid.uuid4().hex, f"user-{user.id}"
@@ -111,29 +122,28 @@ async def _sync_and_record(context: SyncContext, user: DirectoryUser, request: S
     settings = context.settings
     groups = await context.graph.member_of(user.id, scope_groups(settings)) \
         if uses_groups(settings) else set()
-    skip_reason = out_of_scope(settings, user, groups)
-    if skip_reason is None:
+    skip = out_of_scope(settings, user, groups)
+    if skip is None:
         result = await _sync(context, user, state, request.force, dry_run)
     else:
-        result = SyncResult(user.id, user.upn, Outcome.SKIPPED, skip_reason)
+        result = SyncResult(user.id, user.upn, Outcome.SKIPPED, skip.sentence, skip.code)
     if not dry_run:
         if result.outcome is not Outcome.UNCHANGED:
             state.outcome, state.reason = result.outcome.value, result.reason
+            state.reason_code = result.code
         await context.state.save(state)
-    log.info("sync finished", extra={"user_id": user.id, "reason": request.reason,
-                                     "outcome": result.outcome.value, "detail": result.reason})
     return result
 
 
 async def _sync(context: SyncContext, user: DirectoryUser, state: UserState, force: bool,
                 dry_run: bool) -> SyncResult:
-    def result(outcome: Outcome, reason: str = "") -> SyncResult:
-        return SyncResult(user.id, user.upn, outcome, reason)
+    def result(outcome: Outcome, reason: str, code: reasons.ReasonCode) -> SyncResult:
+        return SyncResult(user.id, user.upn, outcome, reason, code.code)
 
     etag = await context.graph.get_photo_etag(user.id)
     if etag and etag == state.seen_etag and not force:
         last = f" (last outcome: {state.outcome})" if state.outcome not in ("", "updated") else ""
-        return result(Outcome.UNCHANGED, "photo etag unchanged" + last)
+        return result(Outcome.UNCHANGED, "photo etag unchanged" + last, reasons.ETAG_UNCHANGED)
     if not etag:
         return await _remove(context, user, state, dry_run, result)
     # Graph lists a photo; an empty body is refused as an empty image below, not taken as removal
@@ -145,18 +155,19 @@ async def _sync(context: SyncContext, user: DirectoryUser, state: UserState, for
                                      max_pixels=context.settings.max_photo_pixels)
     except ImageRejected as rejected:
         state.seen_etag = etag  # this photo will never work: do not download it again
-        return result(Outcome.FAILED, f"photo refused: {rejected}")
+        return result(Outcome.FAILED, f"photo refused: {rejected}", rejected.code)
 
     profile = await context.sharepoint.get_profile(user.upn)
     if profile is None:  # not seen: try again once SharePoint has created the profile
-        return result(Outcome.SKIPPED, "SharePoint has no user profile for this account yet")
+        return result(Outcome.SKIPPED, "SharePoint has no user profile for this account yet",
+                      reasons.PROFILE_MISSING)
     state.seen_etag = etag
     picture_url = context.sharepoint.picture_url(user.upn)
     same_pixels = thumbnails.digest == state.uploaded_hash
     if same_pixels and profile.links_to(picture_url) and not force:
-        return result(Outcome.UNCHANGED, "new etag, same picture")
+        return result(Outcome.UNCHANGED, "new etag, same picture", reasons.SAME_PICTURE)
     if dry_run:
-        return result(Outcome.UPDATED, "dry run: would upload thumbnails")
+        return result(Outcome.UPDATED, "dry run: would upload thumbnails", reasons.DRY_RUN)
 
     await _upload(context, user.upn, thumbnails)
     state.uploaded_etag, state.uploaded_hash = etag, thumbnails.digest
@@ -172,14 +183,16 @@ async def _link(context: SyncContext, upn: str, profile: Profile, picture_url: s
                 result: ResultFor) -> SyncResult:
     """Point the profile at the M thumbnail unless it already is; app-only tokens may not."""
     if profile.links_to(picture_url):
-        return result(Outcome.UPDATED, "thumbnails replaced")
+        return result(Outcome.UPDATED, "thumbnails replaced", reasons.THUMBNAILS_REPLACED)
     try:
         await context.sharepoint.link_picture(upn)
     except ProfileWriteRefused as refused:
         log.info("profile link refused: %s", refused)
         return result(Outcome.NEEDS_PROFILE_LINK, "thumbnails uploaded; SharePoint refuses the "
-                      "profile link to this app-only identity: a SharePoint admin links it once")
-    return result(Outcome.UPDATED, "thumbnails uploaded and profile linked")
+                      "profile link to this app-only identity: a SharePoint admin links it once",
+                      reasons.APP_ONLY_LINK_REFUSED)
+    return result(Outcome.UPDATED, "thumbnails uploaded and profile linked",
+                  reasons.UPLOADED_AND_LINKED)
 
 
 async def _remove(context: SyncContext, user: DirectoryUser, state: UserState, dry_run: bool,
@@ -188,9 +201,9 @@ async def _remove(context: SyncContext, user: DirectoryUser, state: UserState, d
     had_photo = bool(state.uploaded_hash)
     state.seen_etag = ""
     if not had_photo:
-        return result(Outcome.NO_PHOTO, "no photo in Microsoft 365")
+        return result(Outcome.NO_PHOTO, "no photo in Microsoft 365", reasons.NO_PHOTO_SET)
     if dry_run:
-        return result(Outcome.PHOTO_REMOVED, "dry run: would remove the thumbnails")
+        return result(Outcome.PHOTO_REMOVED, "dry run: would remove the thumbnails", reasons.DRY_RUN)
     sharepoint = context.sharepoint
     profile = await sharepoint.get_profile(user.upn)
     if profile and profile.links_to(sharepoint.picture_url(user.upn)):
@@ -201,10 +214,12 @@ async def _remove(context: SyncContext, user: DirectoryUser, state: UserState, d
             await _upload(context, user.upn, placeholder_thumbnails(context.settings.thumbnail_sizes))
             state.uploaded_etag = state.uploaded_hash = ""
             return result(Outcome.PHOTO_REMOVED, "photo replaced by a neutral placeholder; "
-                          "the profile link stays until an administrator unlinks it")
+                          "the profile link stays until an administrator unlinks it",
+                          reasons.UNLINK_REFUSED_PLACEHOLDER)
     for suffix in ("S", "M", "L"):
         await sharepoint.delete(user.upn, suffix)
     state.uploaded_etag = state.uploaded_hash = ""
-    return result(Outcome.PHOTO_REMOVED, "thumbnails deleted and profile set to placeholder")
+    return result(Outcome.PHOTO_REMOVED, "thumbnails deleted and profile set to placeholder",
+                  reasons.THUMBNAILS_DELETED)
 
 
