@@ -8,7 +8,7 @@ is simply run again.
 
 from __future__ import annotations
 
-from collections import Counter
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +19,8 @@ from .credentials import CachingCredential
 from .queue import create_queue_if_missing, queue_client
 from .settings import Settings
 from .sharepoint import ProfileWriteRefused, SharePointError, SharePointProfiles
-from .state import StateStore, UserState
+from . import counters
+from .state import StateStore, UserState, table_client, utc_now
 
 NEEDS_LINK = "needs_profile_link"
 
@@ -34,23 +35,60 @@ async def queue_depth(settings: Settings, name: str) -> int:
         return int(properties.approximate_message_count or 0)
 
 
+async def outcome_counts(settings: Settings) -> counters.Counts:
+    """Users per outcome and per reason code, from the counters: O(1) whatever the tenant size."""
+    async with table_client(settings.storage, settings.state_table) as client:
+        return await counters.current(client)
+
+
 async def tenant_summary(settings: Settings) -> dict[str, Any]:
-    """Counts per outcome, last reconciliation, subscription expiry, queue and poison depth."""
+    """Counts per outcome and reason code, last reconciliation, subscription expiry, queue and
+    poison depth. A fixed number of storage calls: milliseconds at 300,000 users."""
+    counts = await outcome_counts(settings)
     async with StateStore.from_settings(settings) as store:
-        outcomes = Counter([state.outcome or "pending" async for state in store.all_users()])
         cursor = await store.get_cursor()
         subscription = await store.get_subscription()
-    queues = {name: await queue_depth(settings, name) for name in (
-        settings.queue_name, settings.poison_queue_name, f"{settings.queue_name}-control",
-        f"{settings.queue_name}-control-poison")}
+    queues = await asyncio.gather(*(queue_depth(settings, name) for name in _queue_names(settings)))
     return {
-        "users": sum(outcomes.values()),
-        "outcomes": dict(sorted(outcomes.items())),
+        "users": counts.users,
+        "outcomes": counts.outcomes,
+        "reasons": counts.reasons,
+        "counters": "ready" if counts.ready else "scan",
         "lastReconcile": cursor.last_completed_at.isoformat() if cursor.last_completed_at else None,
         "reconcileInProgress": bool(cursor.next_link),
         "subscription": {"id": subscription.subscription_id,
                          "expiresAt": subscription.expires_at.isoformat()} if subscription else None,
-        "queues": queues,
+        "queues": dict(zip(_queue_names(settings), queues, strict=True)),
+    }
+
+
+def _queue_names(settings: Settings) -> tuple[str, ...]:
+    return (settings.queue_name, settings.poison_queue_name, f"{settings.queue_name}-control",
+            f"{settings.queue_name}-control-poison")
+
+
+async def health_figures(settings: Settings) -> dict[str, Any]:
+    """The figures of the timer's "photo-sync health" record (alert rules read them)."""
+    now = utc_now()
+    async with StateStore.from_settings(settings) as store:
+        cursor = await store.get_cursor()
+        subscription = await store.get_subscription()
+    poison = await asyncio.gather(queue_depth(settings, settings.poison_queue_name),
+                                  queue_depth(settings, f"{settings.queue_name}-control-poison"))
+    counts = await outcome_counts(settings)
+    completed = cursor.last_completed_at
+    return {
+        "poison_messages": sum(poison),
+        "subscription_present": subscription is not None,
+        "subscription_hours_left": round((subscription.expires_at - now).total_seconds() / 3600, 2)
+        if subscription else -1.0,
+        "notification_url_set": bool(settings.notification_url),
+        "hours_since_reconcile_completed": round((now - completed).total_seconds() / 3600, 2)
+        if completed else -1.0,
+        "users": counts.users,
+        "failed_users": counts.outcomes.get("failed", 0),
+        "needs_profile_link_users": counts.outcomes.get(NEEDS_LINK, 0),
+        "counters_ready": counts.ready,
     }
 
 

@@ -18,6 +18,7 @@ from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, Re
 from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient
 
+from . import counters
 from .credentials import storage_credential
 from .settings import Settings, StorageSettings
 
@@ -153,13 +154,14 @@ class StateStore:
         return UserState.from_entity(dict(entity))
 
     async def save(self, state: UserState) -> None:
+        """Replace the row; the per-outcome counters move with it (shared/counters.py)."""
         await self._ensure_table()
         state.updated_at = utc_now()
-        await self._client.upsert_entity(state.to_entity(), mode=UpdateMode.REPLACE)
+        await counters.save_counted(self._client, state.to_entity())
 
     async def all_users(self) -> AsyncIterator[UserState]:
         await self._ensure_table()
-        async for entity in self._client.query_entities(f"PartitionKey eq '{USER_PARTITION}'"):
+        async for entity in self._client.query_entities(counters.USER_ROWS):
             yield UserState.from_entity(dict(entity))
 
     async def seen_index(self) -> SeenIndex:
