@@ -84,9 +84,9 @@ async def handle_sync_message(body: str | bytes, dequeue_count: int = 1,
             telemetry.log_sync_error(error, message_id=message_id, dequeue_count=dequeue_count,
                                      counts=counts)
             raise
-    log.info("queue message handled", extra={**context_fields, "user_id": request.user_id,
-                                             "reason": request.reason,
-                                             "outcome": result.outcome.value})
+    log.debug("queue message handled", extra={**context_fields, "user_id": request.user_id,
+                                              "reason": request.reason,
+                                              "outcome": result.outcome.value})
     return result
 
 
@@ -233,7 +233,8 @@ def _accept(params: dict[str, str], body: bytes) -> ParsedNotifications | Answer
         log.warning("notification refused: %s", error)
         return 400, "text/plain", ""
     if parsed.rejected:
-        log.warning("notification items dropped", extra={"dropped": dict(parsed.rejected)})
+        log.warning("notification items dropped",
+                    extra={"dropped": json.dumps(dict(parsed.rejected))})
     return parsed
 
 
