@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 from azure.core.exceptions import AzureError
 from azure.identity import AzureCliCredential, DeviceCodeCredential
-from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
@@ -185,15 +185,8 @@ def _print_results(results: list[SyncResult], as_json: bool) -> None:
         for result in results:
             print(json.dumps(result.as_dict()))
         return
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-    table.add_column("user", no_wrap=True, overflow="ellipsis", ratio=3, min_width=12)
-    table.add_column("outcome", no_wrap=True, overflow="ellipsis", min_width=7, max_width=18)
-    table.add_column("code", no_wrap=True, overflow="ellipsis", ratio=2, min_width=6)
-    table.add_column("reason", no_wrap=True, overflow="ellipsis", ratio=4, min_width=6)
-    for result in results:
-        table.add_row(result.upn or result.user_id, _styled(result.outcome.value), result.code,
-                      result.reason)
-    Console().print(table)
+    _print_lines(("user", "outcome", "reason code: sentence"),
+                 [(r.upn or r.user_id, r.outcome.value, _coded(r.code, r.reason)) for r in results])
     counts: dict[str, int] = {}
     for result in results:
         counts[result.outcome.value] = counts.get(result.outcome.value, 0) + 1
@@ -359,29 +352,55 @@ async def _replay_command(args: argparse.Namespace) -> int:
 
 
 async def _print_states(rows: AsyncIterator[UserState], limit: int) -> None:
-    """A table that fits the terminal (80 columns too): long cells end in an ellipsis."""
-    console = Console()
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, expand=False)
-    table.add_column("user", no_wrap=True, overflow="ellipsis", ratio=3, min_width=12)
-    table.add_column("outcome", no_wrap=True, overflow="ellipsis", min_width=7, max_width=18)
-    table.add_column("code", no_wrap=True, overflow="ellipsis", ratio=2, min_width=6)
-    table.add_column("changed", no_wrap=True, width=11)
-    table.add_column("reason", no_wrap=True, overflow="ellipsis", ratio=4, min_width=6)
-    shown = more = 0
+    """One line per user, cut to the terminal's width (80 columns too) with an ellipsis."""
+    lines = []
+    more = 0
     async for row in rows:
-        if shown >= limit:
+        if len(lines) >= limit:
             more += 1
             continue
-        table.add_row(row.upn or row.user_id, _styled(row.outcome or "pending"), row.reason_code,
-                      row.updated_at.strftime("%m-%d %H:%M"), row.reason)
-        shown += 1
-    console.print(table if shown else "No user matches.")
+        lines.append((row.upn or row.user_id, row.outcome or "pending",
+                      row.updated_at.strftime("%m-%d %H:%M"), _coded(row.reason_code, row.reason)))
+    _print_lines(("user", "outcome", "changed", "reason code: sentence"), lines)
     if more:
-        console.print(f"… and {more} more: --csv or --json list everyone, with the full text")
+        Console().print(f"… and {more} more: --csv or --json list everyone, with the full text")
+
+
+def _print_lines(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """Columns: the user, fixed-width middle columns, and the reason taking what is left. No
+    line is wider than the terminal: long cells end in '…' (the exports have the full text)."""
+    console = Console(highlight=False)
+    if not rows:
+        console.print("No user matches.")
+        return
+    middle = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(1, len(header) - 1)]
+    free = console.width - sum(middle) - 2 * (len(header) - 1)
+    longest_user = max(len(header[0]), *(len(r[0]) for r in rows))
+    user = min(longest_user, max(12, free * 2 // 5))
+    reason = max(8, free - user)
+    for index, row in enumerate([header, *rows]):
+        cells = [_fit(row[0], user).ljust(user)]
+        cells += [_fit(cell, width).ljust(width)
+                  for cell, width in zip(row[1:-1], middle, strict=True)]
+        cells.append(_fit(row[-1], reason))
+        line = escape("  ".join(cells).rstrip())
+        style = "bold" if index == 0 else _STYLES.get(row[1], "")
+        console.print(f"[{style}]{line}[/]" if style else line, soft_wrap=True)
+
+
+def _fit(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:max(width - 1, 0)] + "…"
+
+
+def _coded(code: str, sentence: str) -> str:
+    return f"{code}: {sentence}" if code else sentence
+
+
+_STYLES = {"failed": "red", "updated": "green", "needs_profile_link": "yellow"}
 
 
 def _styled(outcome: str) -> str:
-    style = {"failed": "red", "updated": "green", "needs_profile_link": "yellow"}.get(outcome)
+    style = _STYLES.get(outcome)
     return f"[{style}]{outcome}[/]" if style else outcome
 
 
