@@ -36,7 +36,7 @@ from azure.data.tables import TableTransactionError, UpdateMode
 from azure.data.tables.aio import TableClient
 
 USER_PARTITION = "user"          # state.USER_PARTITION: the counters share the users' partition
-SHARDS = 16
+SHARDS = 64  # bench/health.py: fewer shards, more ETag conflicts between concurrent workers
 PREFIX = "~counts-"              # sorts after every object id in the user partition
 META_ROW = "~counts-meta"        # exists once every user row is counted
 USER_ROWS = f"PartitionKey eq '{USER_PARTITION}' and RowKey lt '~'"
@@ -44,6 +44,7 @@ _COUNTER_ROWS = f"PartitionKey eq '{USER_PARTITION}' and RowKey ge '{PREFIX}' an
 COUNTED = "counted"
 PENDING = "pending"              # a row with no outcome yet
 MAX_ATTEMPTS = 12
+conflicts = 0                    # ETag conflicts retried by this process (bench/health.py)
 
 
 class CounterConflict(RuntimeError):
@@ -114,6 +115,8 @@ async def _transition(client: TableClient, row: str,
         except (TableTransactionError, ResourceExistsError, ResourceModifiedError) as error:
             if getattr(error, "status_code", 409) not in (409, 412):
                 raise
+            global conflicts
+            conflicts += 1
             await asyncio.sleep(random.uniform(0, 0.02 * 2 ** min(attempt, 6)))
     raise CounterConflict(f"could not count the outcome of {row} after {MAX_ATTEMPTS} attempts")
 
