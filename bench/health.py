@@ -61,8 +61,8 @@ async def fill(settings: Settings, users: int) -> None:
                 await client.submit_transaction(operations)  # type: ignore[arg-type]
 
         await asyncio.gather(*(batch(start) for start in range(0, users, 100)))
-        await client.upsert_entity({"PartitionKey": USER_PARTITION, "RowKey": f"{counters.PREFIX}00",
-                                    **totals})
+        await client.upsert_entity({"PartitionKey": USER_PARTITION,
+                                    "RowKey": f"{counters.PREFIX}00", **totals})
         await counters.mark_ready(client)
 
 
@@ -83,8 +83,8 @@ async def measure(settings: Settings, users: int, workers: int) -> None:
     summary = await tenant_summary(settings)
     assert summary["counters"] == "ready" and summary["users"] == users, summary
     laps = await timed(lambda: tenant_summary(settings), 20)
-    print(f"summary from the counters (/api/health, status): median {statistics.median(laps):.1f} ms, "
-          f"max {max(laps):.1f} ms, {summary['users']:,} users")
+    print(f"summary from the counters (/api/health, status): median "
+          f"{statistics.median(laps):.1f} ms, max {max(laps):.1f} ms, {summary['users']:,} users")
 
     async with table_client(settings.storage, settings.state_table) as client:
         start = time.perf_counter()
@@ -96,7 +96,7 @@ async def measure(settings: Settings, users: int, workers: int) -> None:
     ids = [str(uuid.uuid4()) for _ in range(200)]
     async with StateStore.from_settings(settings) as store, \
             table_client(settings.storage, f"{settings.state_table}plain") as plain_table:
-        await plain_table.create_table()  # the uncounted upserts go elsewhere: a scan must not see them
+        await plain_table.create_table()  # uncounted upserts go elsewhere: no scan sees them
         counted = await timed(lambda: store.save(UserState(ids.pop(), outcome="updated",
                                                            reason_code="uploaded_and_linked")), 100)
         plain = await timed(lambda: plain_table.upsert_entity(

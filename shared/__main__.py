@@ -223,8 +223,9 @@ async def _status_command(args: argparse.Namespace) -> int:
     if args.users:
         async with StateStore.from_settings(settings) as store:
             found = [await store.get(check_user_key(u)) for u in args.users]
-        rows = _aiter([s for s in found if s and (not outcomes or (s.outcome or "pending") in
-                                                  outcomes) and (not codes or s.reason_code in codes)])
+        rows = _aiter([s for s in found if s
+                       and (not outcomes or (s.outcome or "pending") in outcomes)
+                       and (not codes or s.reason_code in codes)])
     else:
         rows = operations.user_rows(settings, outcomes=outcomes, codes=codes)
     if args.csv:

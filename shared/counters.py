@@ -40,7 +40,8 @@ SHARDS = 64  # bench/health.py: fewer shards, more ETag conflicts between concur
 PREFIX = "~counts-"              # sorts after every object id in the user partition
 META_ROW = "~counts-meta"        # exists once every user row is counted
 USER_ROWS = f"PartitionKey eq '{USER_PARTITION}' and RowKey lt '~'"
-_COUNTER_ROWS = f"PartitionKey eq '{USER_PARTITION}' and RowKey ge '{PREFIX}' and RowKey lt '~counts.'"
+_COUNTER_ROWS = (f"PartitionKey eq '{USER_PARTITION}' and RowKey ge '{PREFIX}' "
+                 "and RowKey lt '~counts.'")
 COUNTED = "counted"
 PENDING = "pending"              # a row with no outcome yet
 MAX_ATTEMPTS = 12

@@ -14,6 +14,7 @@ from typing import Any
 
 from azure.core.exceptions import AzureError
 
+from . import telemetry
 from .credentials import CachingCredential, build_credential
 from .notifications import (
     MalformedNotification,
@@ -22,7 +23,6 @@ from .notifications import (
     parse_notifications,
     validation_token,
 )
-from . import telemetry
 from .operations import health_figures, tenant_summary
 from .queue import (
     InvalidMessage,

@@ -17,6 +17,7 @@ from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
 
+from . import counters, reasons
 from .credentials import CachingCredential
 from .queue import (
     InvalidMessage,
@@ -27,7 +28,6 @@ from .queue import (
 )
 from .settings import Settings
 from .sharepoint import ProfileWriteRefused, SharePointError, SharePointProfiles
-from . import counters, reasons
 from .state import StateStore, UserState, table_client, utc_now
 
 NEEDS_LINK = "needs_profile_link"

@@ -1,4 +1,4 @@
-"""Stable reason codes: why a user has the outcome photo-sync recorded, in a word a script can match.
+"""Stable reason codes: why a user has the outcome photo-sync recorded, in a word scripts match.
 
 Every outcome carries a code beside its human sentence. The sentence may change wording or carry
 details (sizes, limits); the code never changes meaning, so KQL queries, alert rules, CSV filters

@@ -203,7 +203,8 @@ async def _remove(context: SyncContext, user: DirectoryUser, state: UserState, d
     if not had_photo:
         return result(Outcome.NO_PHOTO, "no photo in Microsoft 365", reasons.NO_PHOTO_SET)
     if dry_run:
-        return result(Outcome.PHOTO_REMOVED, "dry run: would remove the thumbnails", reasons.DRY_RUN)
+        return result(Outcome.PHOTO_REMOVED, "dry run: would remove the thumbnails",
+                      reasons.DRY_RUN)
     sharepoint = context.sharepoint
     profile = await sharepoint.get_profile(user.upn)
     if profile and profile.links_to(sharepoint.picture_url(user.upn)):

@@ -81,7 +81,8 @@ def test_a_retried_sync_is_not_counted_twice() -> None:
 
 def test_health_reads_the_counters_not_the_table() -> None:
     async def run() -> tuple[dict, dict]:
-        await save(UserState(str(uuid.uuid4()), outcome="updated", reason_code="thumbnails_replaced"))
+        await save(UserState(str(uuid.uuid4()), outcome="updated",
+                             reason_code="thumbnails_replaced"))
         first = await tenant_summary(get_settings())
         # a row written behind the counters' back (no transaction): a scan would see it
         async with table_client(get_settings().storage, get_settings().state_table) as client:
