@@ -128,7 +128,8 @@ def test_damaged_counters_are_reset_from_a_scan() -> None:
     async def damage() -> None:
         async with table_client(get_settings().storage, get_settings().state_table) as client:
             await client.upsert_entity({"PartitionKey": USER_PARTITION,
-                                        "RowKey": f"{counters.PREFIX}99", "o_failed": 7})
+                                        "RowKey": f"{counters.PREFIX}03", "o_failed": 7},
+                                       mode=UpdateMode.MERGE)
 
     asyncio.run(damage())
     assert json.loads(cli("counters").stdout)["outcomes"] == {"failed": 7, "updated": 1}
