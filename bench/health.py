@@ -1,11 +1,14 @@
 """How fast `status` and GET /api/health answer at tenant scale, and what the counters cost a sync:
-`python -m bench.health --users 300000`.
+`python -m bench.health --users 10000,100000,300000`.
 
-Fills one Azurite table with USERS state rows (as the counted saves leave them: each with its
-`counted` marker, the totals in the counter rows), then prints:
+Fills one Azurite table with state rows up to each size in turn (as counted saves leave them: each
+with its `counted` marker, the totals in the counter rows) and prints, at each size:
 
 - the summary (what /api/health returns) from the counters, median of 20 calls;
 - the same figures from a scan of every row (what the summary did before the counters);
+
+then, once:
+
 - a save of one user's outcome: counted (read + entity-group transaction) vs a plain upsert;
 - 32 concurrent workers changing outcomes, as in an initial sync: saves/s and ETag conflicts
   retried, and whether the counters still equal a scan afterwards.
@@ -38,13 +41,14 @@ OUTCOMES = [("updated", "thumbnails_replaced")] * 80 + [("needs_profile_link",
     [("no_photo", "no_photo")] * 6 + [("failed", "image_too_large"), ("skipped", "profile_missing")]
 
 
-async def fill(settings: Settings, users: int) -> None:
-    """USERS rows in transactions of 100 (Table Storage's limit), 8 at a time, plus the counters."""
-    rng = random.Random(1)
-    totals: dict[str, int] = {}
+async def fill(settings: Settings, have: int, users: int, totals: dict[str, int]) -> None:
+    """Rows up to USERS in transactions of 100 (Table Storage's limit), 8 at a time, and the
+    counter row holding their totals, as counted saves would leave them."""
+    rng = random.Random(have)
     gate = asyncio.Semaphore(8)
     async with table_client(settings.storage, settings.state_table) as client:
-        await client.create_table()
+        if not have:
+            await client.create_table()
 
         async def batch(start: int) -> None:
             operations = []
@@ -60,7 +64,7 @@ async def fill(settings: Settings, users: int) -> None:
             async with gate:
                 await client.submit_transaction(operations)  # type: ignore[arg-type]
 
-        await asyncio.gather(*(batch(start) for start in range(0, users, 100)))
+        await asyncio.gather(*(batch(start) for start in range(have, users, 100)))
         await client.upsert_entity({"PartitionKey": USER_PARTITION,
                                     "RowKey": f"{counters.PREFIX}00", **totals})
         await counters.mark_ready(client)
@@ -75,23 +79,24 @@ async def timed(call, times: int) -> list[float]:  # type: ignore[no-untyped-def
     return laps
 
 
-async def measure(settings: Settings, users: int, workers: int) -> None:
-    start = time.perf_counter()
-    await fill(settings, users)
-    print(f"filled {users:,} rows in {time.perf_counter() - start:.1f} s")
-
-    summary = await tenant_summary(settings)
-    assert summary["counters"] == "ready" and summary["users"] == users, summary
-    laps = await timed(lambda: tenant_summary(settings), 20)
-    print(f"summary from the counters (/api/health, status): median "
-          f"{statistics.median(laps):.1f} ms, max {max(laps):.1f} ms, {summary['users']:,} users")
-
-    async with table_client(settings.storage, settings.state_table) as client:
+async def measure(settings: Settings, sizes: list[int], workers: int, scan_max: int) -> None:
+    have, totals = 0, {}  # type: ignore[var-annotated]
+    for users in sizes:
         start = time.perf_counter()
-        scanned = await counters.scan(client)
-        scan_ms = (time.perf_counter() - start) * 1000
-    print(f"the same figures from a scan of every row: {scan_ms:,.0f} ms "
-          f"({scan_ms / statistics.median(laps):,.0f}x slower)")
+        await fill(settings, have, users, totals)
+        have = users
+        summary = await tenant_summary(settings)
+        assert summary["counters"] == "ready" and summary["users"] == users, summary
+        laps = await timed(lambda: tenant_summary(settings), 20)
+        scan = "not measured (above --scan-max)"
+        if users <= scan_max:
+            async with table_client(settings.storage, settings.state_table) as client:
+                scan_start = time.perf_counter()
+                await counters.scan(client)
+                scan = f"{(time.perf_counter() - scan_start) * 1000:,.0f} ms"
+        print(f"{users:>9,} users (filled in {time.perf_counter() - start:.0f} s): summary from "
+              f"the counters (/api/health, status) median {statistics.median(laps):.1f} ms, "
+              f"max {max(laps):.1f} ms; the same figures from a scan: {scan}", flush=True)
 
     ids = [str(uuid.uuid4()) for _ in range(200)]
     async with StateStore.from_settings(settings) as store, \
@@ -102,7 +107,7 @@ async def measure(settings: Settings, users: int, workers: int) -> None:
         plain = await timed(lambda: plain_table.upsert_entity(
             UserState(ids.pop(), outcome="updated").to_entity(), mode=UpdateMode.REPLACE), 100)
     print(f"one save, counted: median {statistics.median(counted):.1f} ms; plain upsert: "
-          f"median {statistics.median(plain):.1f} ms")
+          f"median {statistics.median(plain):.1f} ms", flush=True)
 
     targets = [str(uuid.uuid4()) for _ in range(workers * 10)]
     conflicts_before = counters.conflicts
@@ -127,15 +132,20 @@ async def measure(settings: Settings, users: int, workers: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--users", type=int, default=300_000)
+    parser.add_argument("--users", default="10000,100000,300000",
+                        help="tenant sizes, filled one after the other (default %(default)s)")
     parser.add_argument("--workers", type=int, default=32)
+    parser.add_argument("--scan-max", type=int, default=100_000,
+                        help="scan only up to this size (default %(default)s): on Azurite a scan "
+                        "of 300,000 rows had not finished after 10 minutes")
     args = parser.parse_args()
     with Azurite() as azurite:
         os.environ.update({"AzureWebJobsStorage": azurite.connection_string,
                            "SHAREPOINT_MYSITE_URL": "https://contoso-my.sharepoint.com",
                            "PHOTO_SYNC_QUEUE": "bench-health",
                            "PHOTO_SYNC_STATE_TABLE": f"bench{uuid.uuid4().hex[:8]}"})
-        asyncio.run(measure(Settings.from_env(), args.users, args.workers))
+        sizes = sorted(int(n) for n in args.users.split(","))
+        asyncio.run(measure(Settings.from_env(), sizes, args.workers, args.scan_max))
 
 
 if __name__ == "__main__":
