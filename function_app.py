@@ -7,8 +7,11 @@ import logging
 
 import azure.functions as func
 
-from shared import handlers
+from shared import handlers, telemetry
 
+# Log records reach Application Insights through OpenTelemetry (docs/operations.md), where
+# host.json's logLevel no longer filters them: keep per-request library logs out.
+telemetry.quiet_noisy_loggers()
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
 
@@ -63,7 +66,8 @@ async def graph_lifecycle(req: func.HttpRequest) -> func.HttpResponse:
 async def control(msg: func.QueueMessage) -> None:
     """Long jobs off the request path: reconciliations and lifecycle events."""
     outcome = await handlers.handle_control_message(msg.get_body())
-    logging.getLogger("photo_sync").info("control message handled", extra={"result": outcome})
+    logging.getLogger("photo_sync").info("control message handled",
+                                         extra={"result": json.dumps(outcome)})
 
 
 @app.function_name("reconcile")
@@ -71,5 +75,6 @@ async def control(msg: func.QueueMessage) -> None:
 async def reconcile(timer: func.TimerRequest) -> None:
     """Renew the Graph subscription and catch every change notifications missed."""
     outcome = await handlers.handle_timer()
-    logging.getLogger("photo_sync").info("timer run finished", extra={"result": outcome,
-                                                                      "past_due": timer.past_due})
+    logging.getLogger("photo_sync").info("timer run finished",
+                                         extra={"result": json.dumps(outcome),
+                                                "past_due": telemetry.flag(timer.past_due)})

@@ -8,28 +8,33 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import json
 import sys
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
 import httpx
 from azure.core.exceptions import AzureError
 from azure.identity import AzureCliCredential, DeviceCodeCredential
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
-from . import operations, subscriptions
+from . import counters, operations, reasons, subscriptions
 from .credentials import CachingCredential
 from .graph import GraphError
 from .handlers import get_credential, get_settings, run_reconcile
 from .queue import InvalidMessage, SyncRequest, check_user_key
 from .settings import SettingsError
 from .sharepoint import SharePointError
-from .state import StateStore, UserState
+from .state import StateStore, UserState, table_client
 from .sync import Outcome, SyncContext, SyncResult, UserBusy, open_context, sync_user
 
 CONCURRENCY = 8  # Graph photo endpoints allow 4 concurrent requests per mailbox; users differ
+OUTCOME_CHOICES = (*(o.value for o in Outcome), "pending")
+TABLE_LIMIT = 500  # a table of 50,000 rows helps nobody: the exports have everyone
 
 
 TABLE_MISSING = ("The state table {table} does not exist yet: nothing has been synced. The app "
@@ -64,18 +69,43 @@ def _parser() -> argparse.ArgumentParser:
     sync.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     sync.set_defaults(run=_sync_command)
 
-    status = commands.add_parser("status", help="tenant summary, or what photo-sync last did for "
-                                 "users")
+    status = commands.add_parser(
+        "status", help="tenant summary, or what photo-sync last did for each user",
+        description="Without USERs or filters: the tenant summary. With USERs, --all-users, "
+        "--outcome, --reason-code or --csv: one row per user (a table cut to the terminal's "
+        "width; --csv and --json carry the full text).")
     status.add_argument("users", nargs="*", metavar="USER", help="object id")
     status.add_argument("--all-users", action="store_true", help="one row per user")
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--outcome", action="append", default=[], metavar="OUTCOME",
+                        type=_outcome_list, help="only users with this outcome (repeat, or "
+                        f"comma-separate): {', '.join(OUTCOME_CHOICES)}")
+    status.add_argument("--reason-code", action="append", default=[], metavar="CODE",
+                        type=_code_list, help="only users with this reason code "
+                        "(docs/troubleshooting.md)")
+    output = status.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="JSON (one object per line per user)")
+    output.add_argument("--csv", action="store_true", help="CSV, one row per user, for Excel")
+    status.add_argument("--limit", type=int, default=TABLE_LIMIT, metavar="N",
+                        help=f"rows in the table view (default {TABLE_LIMIT}; exports have all)")
     status.set_defaults(run=_status_command)
+
+    counters = commands.add_parser("counters", help="the per-outcome counters behind status "
+                                   "and /api/health")
+    counters.add_argument("action", choices=["show", "verify", "rebuild"], nargs="?",
+                          default="show", help="show them; verify them against a scan of "
+                          "every user (exit 1 when they differ); rebuild: count the users "
+                          "written before counters existed")
+    counters.add_argument("--reset", action="store_true", help="with rebuild: recount everyone "
+                          "from scratch (stop the app first)")
+    counters.set_defaults(run=_counters_command)
 
     link = commands.add_parser("link-profiles", help="as a SharePoint administrator, link the "
                                "profiles reported as needs_profile_link")
     link.add_argument("--sign-in", choices=["device-code", "azure-cli"], default="device-code",
                       help="device-code (default) or an existing `az login` session")
     link.add_argument("--client-id", help="public client app registration for device-code sign-in")
+    link.add_argument("--from", dest="from_csv", metavar="FILE.csv", help="only the users in "
+                      "this CSV (a `status --csv` export, possibly edited; `-` reads stdin)")
     link.add_argument("--dry-run", action="store_true")
     link.add_argument("--json", action="store_true")
     link.set_defaults(run=_link_command)
@@ -140,7 +170,8 @@ async def _sync_many(context: SyncContext, keys: AsyncIterator[str], force: bool
                 return await sync_user(context, SyncRequest(key, "manual", force), dry_run=dry_run)
             except (GraphError, SharePointError, UserBusy, AzureError, httpx.HTTPError,
                     OSError) as error:
-                return SyncResult(key, "", Outcome.FAILED, str(error) or type(error).__name__)
+                return SyncResult(key, "", Outcome.FAILED, str(error) or type(error).__name__,
+                                  reasons.TRANSIENT_ERROR.code)
 
     pending: set[asyncio.Future[SyncResult]] = set()
     async for key in keys:
@@ -158,33 +189,97 @@ def _print_results(results: list[SyncResult], as_json: bool) -> None:
         for result in results:
             print(json.dumps(result.as_dict()))
         return
-    table = Table("user", "outcome", "reason")
-    for result in results:
-        style = {"failed": "red", "updated": "green", "needs_profile_link": "yellow"}.get(
-            result.outcome.value, "")
-        table.add_row(result.upn or result.user_id, f"[{style}]{result.outcome.value}[/]"
-                      if style else result.outcome.value, result.reason)
-    Console().print(table)
+    _print_lines(("user", "outcome", "reason code: sentence"),
+                 [(r.upn or r.user_id, r.outcome.value, _coded(r.code, r.reason)) for r in results])
     counts: dict[str, int] = {}
     for result in results:
         counts[result.outcome.value] = counts.get(result.outcome.value, 0) + 1
     Console().print(", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items())) or "no users")
 
 
+def _outcome_list(text: str) -> list[str]:
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [v for v in values if v not in OUTCOME_CHOICES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown outcome {unknown[0]!r}; one of "
+                                         f"{', '.join(OUTCOME_CHOICES)}")
+    return values
+
+
+def _code_list(text: str) -> list[str]:
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [v for v in values if v not in reasons.REGISTRY]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown reason code {unknown[0]!r} "
+                                         "(see docs/troubleshooting.md)")
+    return values
+
+
 async def _status_command(args: argparse.Namespace) -> int:
     settings = get_settings()
-    if not args.users and not args.all_users:
+    outcomes = [o for group in args.outcome for o in group]
+    codes = [c for group in args.reason_code for c in group]
+    per_user = args.users or args.all_users or outcomes or codes or args.csv
+    if not per_user:
         summary = await operations.tenant_summary(settings)
         _print_summary(summary, args.json)
         return 0
-    async with StateStore.from_settings(settings) as store:
-        if args.users:
-            rows = [s for s in [await store.get(check_user_key(u)) for u in args.users] if s]
+    missing: list[bool] = []
+    if args.users:
+        async with StateStore.from_settings(settings) as store:
+            found = [await store.get(check_user_key(u)) for u in args.users]
+            missing.extend([True] if store.table_missing else [])
+        rows = _aiter([s for s in found if s
+                       and (not outcomes or (s.outcome or "pending") in outcomes)
+                       and (not codes or s.reason_code in codes)])
+    else:
+        rows = operations.user_rows(settings, outcomes=outcomes, codes=codes,
+                                    on_missing=lambda: missing.append(True))
+    if args.csv:
+        await _write_csv(rows)
+    elif args.json:
+        async for row in rows:
+            print(json.dumps({**operations.export_row(row), "photoEtag": row.seen_etag}))
+    else:
+        await _print_states(rows, args.limit)
+    if missing:
+        print(TABLE_MISSING.format(table=settings.state_table), file=sys.stderr)
+    return 0
+
+
+async def _aiter(items: list[UserState]) -> AsyncIterator[UserState]:
+    for item in items:
+        yield item
+
+
+async def _write_csv(rows: AsyncIterator[UserState]) -> None:
+    """UTF-8 with a byte-order mark, so Excel shows names like Šarić or Nuñez as they are."""
+    out = sys.stdout
+    out.write("\ufeff")
+    writer = csv.DictWriter(out, fieldnames=operations.EXPORT_COLUMNS, lineterminator="\r\n")
+    writer.writeheader()
+    async for row in rows:
+        writer.writerow(operations.export_row(row))
+
+
+async def _counters_command(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    async with table_client(settings.storage, settings.state_table) as client:
+        if args.action == "rebuild":
+            counted, figures = await counters.rebuild(client, reset=args.reset)
+            print(f"counted {counted} user(s) not counted before; counters ready")
+        elif args.action == "verify":
+            figures, scanned = await counters.read(client), await counters.scan(client)
+            same = figures.ready and (figures.outcomes, figures.reasons) == (scanned.outcomes,
+                                                                              scanned.reasons)
+            print(json.dumps({"counters": figures.outcomes, "scan": scanned.outcomes,
+                              "ready": figures.ready, "uncounted": scanned.uncounted,
+                              "match": same}))
+            return 0 if same else 1
         else:
-            rows = [s async for s in store.all_users()]
-        if store.table_missing:
-            print(TABLE_MISSING.format(table=store.table_name), file=sys.stderr)
-    _print_states(rows, args.json)
+            figures = await counters.read(client)
+    print(json.dumps({"ready": figures.ready, "users": figures.users,
+                      "outcomes": figures.outcomes, "reasons": figures.reasons}))
     return 0
 
 
@@ -199,8 +294,14 @@ def _print_summary(summary: dict[str, object], as_json: bool) -> None:
     assert isinstance(outcomes, dict)
     table = Table("outcome", "users", title=f"{summary['users']} users known to photo-sync")
     for outcome, count in outcomes.items():
-        table.add_row(outcome, str(count))
+        table.add_row(_styled(outcome), str(count))
     console.print(table)
+    codes = summary.get("reasons")
+    if isinstance(codes, dict) and codes:
+        console.print("by reason code: " + ", ".join(f"{code} {n}" for code, n in codes.items()))
+    if summary.get("counters") == "scan":
+        console.print("[yellow]figures from a scan of every user[/]: run `python -m shared "
+                      "counters rebuild` once to count the users written by an older version")
     subscription = summary["subscription"]
     console.print(f"last complete reconciliation: {summary['lastReconcile'] or 'never'}"
                   + (" (one is in progress)" if summary["reconcileInProgress"] else ""))
@@ -222,11 +323,13 @@ async def _link_command(args: argparse.Namespace) -> int:
                                  "(see docs/permissions.md)")
         credential = CachingCredential(DeviceCodeCredential(
             client_id=args.client_id, tenant_id=settings.tenant_id or "organizations"))
+    users = _read_user_list(args.from_csv) if args.from_csv else None
     results = []
     console = Console(stderr=True)
     with Progress(console=console, transient=True, disable=args.json) as bar:
-        task = bar.add_task("linking profiles", total=None)
-        async for result in operations.link_profiles(settings, credential, dry_run=args.dry_run):
+        task = bar.add_task("linking profiles", total=len(users) if users is not None else None)
+        async for result in operations.link_profiles(settings, credential, dry_run=args.dry_run,
+                                                     users=users):
             results.append(result)
             bar.advance(task)
     if args.json:
@@ -235,9 +338,22 @@ async def _link_command(args: argparse.Namespace) -> int:
     else:
         table = Table("user", "linked", "reason")
         for result in results:
-            table.add_row(result.upn, "yes" if result.linked else "no", result.reason)
+            table.add_row(result.upn or result.user_id, "yes" if result.linked else "no",
+                          result.reason)
         Console().print(table if results else "No profile needs linking.")
     return 1 if any(not r.linked for r in results) and not args.dry_run else 0
+
+
+def _read_user_list(path: str) -> list[str]:
+    """The users of a CSV; an unreadable file or a bad line stops before anything is linked."""
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as error:
+        raise InvalidMessage(f"cannot read {path}: {error}") from None
+    try:
+        return operations.read_user_list(text)
+    except operations.UserListError as error:
+        raise InvalidMessage(f"{path}: {error}") from None
 
 
 async def _replay_command(args: argparse.Namespace) -> int:
@@ -247,18 +363,57 @@ async def _replay_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_states(rows: list[UserState], as_json: bool) -> None:
-    if as_json:
-        for row in rows:
-            print(json.dumps({"userId": row.user_id, "upn": row.upn, "outcome": row.outcome,
-                              "reason": row.reason, "photoEtag": row.seen_etag,
-                              "updatedAt": row.updated_at.isoformat()}))
+async def _print_states(rows: AsyncIterator[UserState], limit: int) -> None:
+    """One line per user, cut to the terminal's width (80 columns too) with an ellipsis."""
+    lines = []
+    more = 0
+    async for row in rows:
+        if len(lines) >= limit:
+            more += 1
+            continue
+        lines.append((row.upn or row.user_id, row.outcome or "pending",
+                      row.updated_at.strftime("%m-%d %H:%M"), _coded(row.reason_code, row.reason)))
+    _print_lines(("user", "outcome", "changed", "reason code: sentence"), lines)
+    if more:
+        Console().print(f"… and {more} more: --csv or --json list everyone, with the full text")
+
+
+def _print_lines(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """Columns: the user, fixed-width middle columns, and the reason taking what is left. No
+    line is wider than the terminal: long cells end in '…' (the exports have the full text)."""
+    console = Console(highlight=False)
+    if not rows:
+        console.print("No user matches.")
         return
-    table = Table("user", "outcome", "last change", "reason")
-    for row in rows:
-        table.add_row(row.upn or row.user_id, row.outcome, row.updated_at.strftime("%Y-%m-%d %H:%M"),
-                      row.reason)
-    Console().print(table)
+    middle = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(1, len(header) - 1)]
+    free = console.width - sum(middle) - 2 * (len(header) - 1)
+    longest_user = max(len(header[0]), *(len(r[0]) for r in rows))
+    user = min(longest_user, max(12, free * 2 // 5))
+    reason = max(8, free - user)
+    for index, row in enumerate([header, *rows]):
+        cells = [_fit(row[0], user).ljust(user)]
+        cells += [_fit(cell, width).ljust(width)
+                  for cell, width in zip(row[1:-1], middle, strict=True)]
+        cells.append(_fit(row[-1], reason))
+        line = escape("  ".join(cells).rstrip())
+        style = "bold" if index == 0 else _STYLES.get(row[1], "")
+        console.print(f"[{style}]{line}[/]" if style else line, soft_wrap=True)
+
+
+def _fit(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:max(width - 1, 0)] + "…"
+
+
+def _coded(code: str, sentence: str) -> str:
+    return f"{code}: {sentence}" if code else sentence
+
+
+_STYLES = {"failed": "red", "updated": "green", "needs_profile_link": "yellow"}
+
+
+def _styled(outcome: str) -> str:
+    style = _STYLES.get(outcome)
+    return f"[{style}]{outcome}[/]" if style else outcome
 
 
 async def _reconcile_command(args: argparse.Namespace) -> int:

@@ -35,6 +35,7 @@ from msgraph_core import GraphClientFactory
 
 from .credentials import CachingCredential, scope_for
 from .settings import Settings
+from .telemetry import CountingTransport
 
 USER_FIELDS = ["id", "userPrincipalName", "displayName", "mail", "accountEnabled", "userType"]
 BATCH_SIZE = 20  # Graph's JSON $batch limit
@@ -87,7 +88,8 @@ class GraphDirectory:
 
     def __init__(self, settings: Settings, credential: CachingCredential) -> None:
         # Kiota's UserAgentHandler appends its own product token after our decoration.
-        self._http = httpx.AsyncClient(timeout=httpx.Timeout(60, connect=10), http2=True,
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(60, connect=10),
+                                       transport=CountingTransport("graph", http2=True),
                                        headers={"User-Agent": settings.user_agent})
         self.client = build_graph_client(settings, credential, self._http)
         self._credential = credential

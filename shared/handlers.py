@@ -9,10 +9,12 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import time
 from typing import Any
 
 from azure.core.exceptions import AzureError
 
+from . import telemetry
 from .credentials import CachingCredential, build_credential
 from .notifications import (
     MalformedNotification,
@@ -21,7 +23,7 @@ from .notifications import (
     parse_notifications,
     validation_token,
 )
-from .operations import tenant_summary
+from .operations import health_figures, tenant_summary
 from .queue import (
     InvalidMessage,
     SyncQueue,
@@ -66,20 +68,25 @@ async def handle_sync_message(body: str | bytes, dequeue_count: int = 1,
     """Run one queued sync. Raises InvalidMessage or transient errors so the host retries/poisons;
     each failure is logged with the message id, so a poisoned message's reason can be found."""
     context_fields = {"message_id": message_id, "dequeue_count": dequeue_count}
-    try:
-        request = SyncRequest.from_json(body)
-        async with open_context(get_settings(), get_credential()) as context:
-            result = await sync_user(context, request)
-    except UserBusy as busy:  # expected with duplicate messages: the retry is a no-op
-        log.info("%s; the queue retries this message", busy, extra=context_fields)
-        raise
-    except Exception as error:
-        log.error("sync message failed: %s", error,
-                  extra={**context_fields, "error_type": type(error).__name__})
-        raise
-    log.info("queue message handled", extra={**context_fields, "user_id": request.user_id,
-                                             "reason": request.reason,
-                                             "outcome": result.outcome.value})
+    with telemetry.counting() as counts:
+        try:
+            request = SyncRequest.from_json(body)
+            async with open_context(get_settings(), get_credential()) as context:
+                result = await sync_user(context, request)
+        except UserBusy as busy:  # expected with duplicate messages: the retry is a no-op
+            if dequeue_count < telemetry.max_dequeue_count():
+                log.info("%s; the queue retries this message", busy, extra=context_fields)
+            else:
+                telemetry.log_sync_error(busy, message_id=message_id, dequeue_count=dequeue_count,
+                                         counts=counts)
+            raise
+        except Exception as error:
+            telemetry.log_sync_error(error, message_id=message_id, dequeue_count=dequeue_count,
+                                     counts=counts)
+            raise
+    log.debug("queue message handled", extra={**context_fields, "user_id": request.user_id,
+                                              "reason": request.reason,
+                                              "outcome": result.outcome.value})
     return result
 
 
@@ -226,7 +233,8 @@ def _accept(params: dict[str, str], body: bytes) -> ParsedNotifications | Answer
         log.warning("notification refused: %s", error)
         return 400, "text/plain", ""
     if parsed.rejected:
-        log.warning("notification items dropped", extra={"dropped": dict(parsed.rejected)})
+        log.warning("notification items dropped",
+                    extra={"dropped": json.dumps(dict(parsed.rejected))})
     return parsed
 
 
@@ -282,21 +290,39 @@ async def run_reconcile(force: bool = False, dry_run: bool = False,
                         time_budget: float | None = None) -> ReconcileReport:
     """One reconciliation slice; when it pauses at its time budget, queue the continuation."""
     settings = get_settings()
+    started = time.monotonic()
     async with open_context(settings, get_credential()) as context, \
             SyncQueue.from_settings(settings) as queue:
         report = await reconcile(settings, context.graph, context.state, queue, force=force,
                                  dry_run=dry_run,
                                  time_budget=DEFAULT_TIME_BUDGET_SECONDS if time_budget is None
                                  else time_budget)
+    if not report.skipped:
+        telemetry.log_reconcile(complete=report.complete, scanned=report.scanned,
+                                queued=report.queued, resumed=report.resumed, force=force,
+                                dry_run=dry_run,
+                                duration_ms=round((time.monotonic() - started) * 1000))
     if not report.complete and not report.skipped and not dry_run:
         await send_control(settings, {"action": "reconcile", "force": force})
     return report
 
 
 async def handle_timer() -> dict[str, Any]:
-    """The timer: keep the subscription alive, then reconcile everyone."""
+    """The timer: keep the subscription alive, then reconcile everyone; whatever happened, log
+    the "photo-sync health" record the alert rules read."""
     settings = get_settings()
-    async with open_context(settings, get_credential()) as context:
-        subscription = await ensure_subscription(settings, context.graph, context.state)
-    report = await run_reconcile()
+    try:
+        async with open_context(settings, get_credential()) as context:
+            subscription = await ensure_subscription(settings, context.graph, context.state)
+        report = await run_reconcile()
+    finally:
+        await log_health(settings)
     return {"subscription": subscription.as_dict(), "reconcile": report.as_dict()}
+
+
+async def log_health(settings: Settings) -> None:
+    """Log the health record; a storage outage logs what could be read, never raises."""
+    try:
+        telemetry.log_health(await health_figures(settings))
+    except AzureError as error:
+        log.error("health figures unavailable: %s", type(error).__name__)

@@ -8,18 +8,27 @@ is simply run again.
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import AsyncIterator
+import asyncio
+import csv
+import io
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
 
+from . import counters, reasons
 from .credentials import CachingCredential
-from .queue import create_queue_if_missing, queue_client
+from .queue import (
+    InvalidMessage,
+    check_user_key,
+    create_queue_if_missing,
+    is_object_id,
+    queue_client,
+)
 from .settings import Settings
 from .sharepoint import ProfileWriteRefused, SharePointError, SharePointProfiles, new_stem
-from .state import StateStore, UserState
+from .state import StateStore, UserState, table_client, utc_now
 
 NEEDS_LINK = "needs_profile_link"
 
@@ -34,25 +43,62 @@ async def queue_depth(settings: Settings, name: str) -> int:
         return int(properties.approximate_message_count or 0)
 
 
+async def outcome_counts(settings: Settings) -> counters.Counts:
+    """Users per outcome and per reason code, from the counters: O(1) whatever the tenant size."""
+    async with table_client(settings.storage, settings.state_table) as client:
+        return await counters.current(client)
+
+
 async def tenant_summary(settings: Settings) -> dict[str, Any]:
-    """Counts per outcome, last reconciliation, subscription expiry, queue and poison depth."""
+    """Counts per outcome and reason code, last reconciliation, subscription expiry, queue and
+    poison depth. A fixed number of storage calls: milliseconds at 300,000 users."""
+    counts = await outcome_counts(settings)
     async with StateStore.from_settings(settings) as store:
-        outcomes = Counter([state.outcome or "pending" async for state in store.all_users()])
         cursor = await store.get_cursor()
         subscription = await store.get_subscription()
         table_exists = not store.table_missing  # reads never create it (Table Data Reader suffices)
-    queues = {name: await queue_depth(settings, name) for name in (
-        settings.queue_name, settings.poison_queue_name, f"{settings.queue_name}-control",
-        f"{settings.queue_name}-control-poison")}
+    queues = await asyncio.gather(*(queue_depth(settings, name) for name in _queue_names(settings)))
     return {
-        "users": sum(outcomes.values()),
-        "outcomes": dict(sorted(outcomes.items())),
+        "users": counts.users,
+        "outcomes": counts.outcomes,
+        "reasons": counts.reasons,
+        "counters": "ready" if counts.ready else "scan",
         "lastReconcile": cursor.last_completed_at.isoformat() if cursor.last_completed_at else None,
         "reconcileInProgress": bool(cursor.next_link),
         "subscription": {"id": subscription.subscription_id,
                          "expiresAt": subscription.expires_at.isoformat()} if subscription else None,
-        "queues": queues,
+        "queues": dict(zip(_queue_names(settings), queues, strict=True)),
         "stateTableExists": table_exists,
+    }
+
+
+def _queue_names(settings: Settings) -> tuple[str, ...]:
+    return (settings.queue_name, settings.poison_queue_name, f"{settings.queue_name}-control",
+            f"{settings.queue_name}-control-poison")
+
+
+async def health_figures(settings: Settings) -> dict[str, Any]:
+    """The figures of the timer's "photo-sync health" record (alert rules read them)."""
+    now = utc_now()
+    async with StateStore.from_settings(settings) as store:
+        cursor = await store.get_cursor()
+        subscription = await store.get_subscription()
+    poison = await asyncio.gather(queue_depth(settings, settings.poison_queue_name),
+                                  queue_depth(settings, f"{settings.queue_name}-control-poison"))
+    counts = await outcome_counts(settings)
+    completed = cursor.last_completed_at
+    return {
+        "poison_messages": sum(poison),
+        "subscription_present": subscription is not None,
+        "subscription_hours_left": round((subscription.expires_at - now).total_seconds() / 3600, 2)
+        if subscription else -1.0,
+        "notification_url_set": bool(settings.notification_url),
+        "hours_since_reconcile_completed": round((now - completed).total_seconds() / 3600, 2)
+        if completed else -1.0,
+        "users": counts.users,
+        "failed_users": counts.outcomes.get("failed", 0),
+        "needs_profile_link_users": counts.outcomes.get(NEEDS_LINK, 0),
+        "counters_ready": counts.ready,
     }
 
 
@@ -77,12 +123,86 @@ async def replay_poison(settings: Settings, *, control: bool = False, dry_run: b
     return moved
 
 
+# Exports: one row per user, for Excel and scripts
+
+EXPORT_COLUMNS = ("userId", "upn", "outcome", "reasonCode", "reason", "lastChange", "pictureStem")
+
+
+def export_row(state: UserState) -> dict[str, str]:
+    """One user as the CSV/JSON exports show it. `pictureStem` is the file stem the profile shows
+    (`<stem>_MThumb.jpg`), empty until photo-sync has recorded one."""
+    return {"userId": state.user_id, "upn": state.upn, "outcome": state.outcome or "pending",
+            "reasonCode": state.reason_code, "reason": state.reason,
+            "lastChange": state.updated_at.isoformat(timespec="seconds"),
+            "pictureStem": str(getattr(state, "picture_stem", "") or "")}
+
+
+def _filter(outcomes: Sequence[str], codes: Sequence[str]) -> str:
+    """A server-side filter, so a `--outcome failed` export reads only the failed rows."""
+    def any_of(column: str, values: Sequence[str]) -> str:
+        return "(" + " or ".join(f"{column} eq '{v.replace(chr(39), chr(39) * 2)}'"
+                                 for v in values) + ")"
+    parts = [counters.USER_ROWS]
+    real = [o for o in outcomes if o != "pending"]
+    if outcomes and len(real) == len(outcomes):
+        parts.append(any_of("outcome", real))
+    if codes:
+        parts.append(any_of("reason_code", codes))
+    return " and ".join(parts)
+
+
+async def user_rows(settings: Settings, *, outcomes: Sequence[str] = (),
+                    codes: Sequence[str] = (),
+                    on_missing: Callable[[], None] | None = None) -> AsyncIterator[UserState]:
+    """Every user photo-sync knows, streamed (300,000 rows never sit in memory), optionally only
+    those with one of `outcomes` and one of the reason `codes`. `on_missing` is called when the
+    state table does not exist yet (reads never create it)."""
+    async with table_client(settings.storage, settings.state_table) as client:
+        try:
+            async for entity in client.query_entities(_filter(outcomes, codes),
+                                                      results_per_page=1000):
+                state = UserState.from_entity(dict(entity))
+                if outcomes and (state.outcome or "pending") not in outcomes:
+                    continue
+                yield state
+        except ResourceNotFoundError:  # no table yet: no user was ever synced
+            if on_missing:
+                on_missing()
+            return
+
+
+class UserListError(ValueError):
+    """A user list (CSV) that cannot be used; says which line and why."""
+
+
+def read_user_list(text: str) -> list[str]:
+    """User ids from a CSV with a `userId` column (a `status --csv` export, edited or not) or, for a
+    hand-made list, a `upn` column. Every line is checked before anything is done."""
+    rows = csv.DictReader(io.StringIO(text.lstrip("\ufeff")))
+    columns = [c.strip() for c in rows.fieldnames or []]
+    column = next((c for c in ("userId", "upn") if c in columns), None)
+    if column is None:
+        raise UserListError("the CSV needs a userId (or upn) column, as `python -m shared status "
+                            "--csv` writes; found: " + (", ".join(columns) or "no header"))
+    users: list[str] = []
+    for line, row in enumerate(rows, start=2):
+        value = (row.get(column) or "").strip()
+        if not value:
+            continue
+        try:
+            users.append(check_user_key(value))
+        except InvalidMessage as error:
+            raise UserListError(f"line {line}: {error}") from None
+    return list(dict.fromkeys(users))
+
+
 @dataclass(frozen=True)
 class LinkResult:
     user_id: str
     upn: str
     linked: bool
     reason: str
+    code: str = ""
 
 
 async def users_needing_link(store: StateStore) -> AsyncIterator[UserState]:
@@ -91,36 +211,71 @@ async def users_needing_link(store: StateStore) -> AsyncIterator[UserState]:
             yield state
 
 
+async def _listed(store: StateStore, users: Sequence[str],
+                  skipped: list[LinkResult]) -> list[UserState]:
+    """The listed users waiting for a link; the others are reported, not linked."""
+    pending = []
+    by_upn: dict[str, UserState] | None = None
+    for key in users:
+        state = await store.get(key) if is_object_id(key) else None
+        if state is None and not is_object_id(key):
+            if by_upn is None:
+                by_upn = {s.upn.lower(): s async for s in store.all_users()}
+            state = by_upn.get(key.lower())
+        if state is None:
+            skipped.append(LinkResult(key, "", False, "photo-sync has no record of this user",
+                                      reasons.USER_NOT_FOUND.code))
+        elif state.outcome != NEEDS_LINK:
+            skipped.append(LinkResult(state.user_id, state.upn, False,
+                                      f"not waiting for a profile link (outcome {state.outcome})",
+                                      state.reason_code))
+        else:
+            pending.append(state)
+    return pending
+
+
 async def link_profiles(settings: Settings, admin_credential: CachingCredential, *,
-                        dry_run: bool = False) -> AsyncIterator[LinkResult]:
-    """Link each `needs_profile_link` user's profile to their M thumbnail, as an administrator.
+                        dry_run: bool = False,
+                        users: Sequence[str] | None = None) -> AsyncIterator[LinkResult]:
+    """Link each `needs_profile_link` user's profile to their M thumbnail, as an administrator;
+    only the listed `users` (ids or UPNs, e.g. from a CSV export) when given.
 
     Each success is recorded at once (outcome `updated`), so a second run continues with the rest.
     """
     sharepoint = SharePointProfiles.from_settings(settings, admin_credential)
     store = StateStore.from_settings(settings)
     try:
-        pending = [state async for state in users_needing_link(store)]
+        skipped: list[LinkResult] = []
+        if users is None:
+            pending = [state async for state in users_needing_link(store)]
+        else:
+            pending = await _listed(store, users, skipped)
+        for result in skipped:
+            yield result
         for state in pending:
             # exactly the files the app uploaded for this user (recorded in the state table)
             stem = state.picture_stem or new_stem(settings.thumbnail_naming, state.user_id, state.upn)
             if dry_run:
                 yield LinkResult(state.user_id, state.upn, False,
-                                 f"dry run: would link to {await sharepoint.picture_url(stem)}")
+                                 f"dry run: would link to {await sharepoint.picture_url(stem)}",
+                                 reasons.DRY_RUN.code)
                 continue
             try:
                 await sharepoint.link_picture(state.upn, stem)
             except ProfileWriteRefused as refused:
                 yield LinkResult(state.user_id, state.upn, False,
-                                 f"{refused}: sign in as a SharePoint administrator")
+                                 f"{refused}: sign in as a SharePoint administrator",
+                                 reasons.ADMIN_LINK_REFUSED.code)
                 continue
             except SharePointError as error:
-                yield LinkResult(state.user_id, state.upn, False, str(error))
+                yield LinkResult(state.user_id, state.upn, False, str(error),
+                                 reasons.LINK_ERROR.code)
                 continue
-            state.outcome, state.reason = "updated", "profile linked by an administrator"
+            state.outcome, state.reason = "updated", reasons.LINKED_BY_ADMIN.sentence
+            state.reason_code = reasons.LINKED_BY_ADMIN.code
             state.picture_stem, state.profile_linked = stem, True
             await store.save(state)
-            yield LinkResult(state.user_id, state.upn, True, state.reason)
+            yield LinkResult(state.user_id, state.upn, True, state.reason, state.reason_code)
     finally:
         await sharepoint.close()
         await store.close()

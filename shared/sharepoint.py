@@ -24,6 +24,7 @@ from kiota_http.middleware.options import RetryHandlerOption
 
 from .credentials import CachingCredential, scope_for
 from .settings import PHOTOS_LIBRARY, Settings
+from .telemetry import CountingTransport
 
 JSON = "application/json;odata=nometadata"
 PICTURE_URL = "PictureURL"
@@ -128,7 +129,8 @@ class BearerAuth(httpx.Auth):
 def build_http_client(credential: CachingCredential, user_agent: str,
                       max_retries: int = 3) -> httpx.AsyncClient:
     client = httpx.AsyncClient(auth=BearerAuth(credential), timeout=httpx.Timeout(60, connect=10),
-                               http2=True, headers={"Accept": JSON, "User-Agent": user_agent})
+                               transport=CountingTransport("sharepoint", http2=True),
+                               headers={"Accept": JSON, "User-Agent": user_agent})
     retry = RetryHandler(RetryHandlerOption(max_retries=max_retries))
     return KiotaClientFactory.create_with_custom_middleware([retry], client=client)
 

@@ -18,6 +18,7 @@ from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, Re
 from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient
 
+from . import counters
 from .credentials import storage_credential
 from .settings import Settings, StorageSettings
 
@@ -42,6 +43,7 @@ class UserState:
     profile_linked: bool = False  # the profile's PictureURL names that trio (else it still must be)
     outcome: str = ""
     reason: str = ""
+    reason_code: str = ""        # stable code of `reason` (shared/reasons.py)
     updated_at: datetime = field(default_factory=utc_now)
 
     def to_entity(self) -> dict[str, Any]:
@@ -169,12 +171,13 @@ class StateStore:
         return UserState.from_entity(dict(entity))
 
     async def save(self, state: UserState) -> None:
+        """Replace the row; the per-outcome counters move with it (shared/counters.py)."""
         await self._ensure_table()
         state.updated_at = utc_now()
-        await self._client.upsert_entity(state.to_entity(), mode=UpdateMode.REPLACE)
+        await counters.save_counted(self._client, state.to_entity())
 
     async def all_users(self) -> AsyncIterator[UserState]:
-        entities = self._client.query_entities(f"PartitionKey eq '{USER_PARTITION}'")
+        entities = self._client.query_entities(counters.USER_ROWS)
         try:
             async for entity in entities:
                 yield UserState.from_entity(dict(entity))

@@ -15,12 +15,20 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 
+from . import reasons, telemetry
 from .credentials import CachingCredential, build_credential
 from .graph import DirectoryUser, GraphDirectory
 from .queue import SyncRequest
 from .scope import out_of_scope, scope_groups, uses_groups
 from .settings import Settings
-from .sharepoint import SUFFIXES, Profile, ProfileWriteRefused, SharePointProfiles, new_stem
+from .sharepoint import (
+    SUFFIXES,
+    PhotosFolderUnknown,
+    Profile,
+    ProfileWriteRefused,
+    SharePointProfiles,
+    new_stem,
+)
 from .state import StateStore, UserState
 from .thumbnails import ImageRejected, Thumbnails, make_thumbnails, placeholder_thumbnails
 
@@ -45,13 +53,14 @@ class SyncResult:
     upn: str
     outcome: Outcome
     reason: str = ""
+    code: str = ""  # stable reason code, shared/reasons.py
 
     def as_dict(self) -> dict[str, str]:
         return {"userId": self.user_id, "upn": self.upn, "outcome": self.outcome.value,
-                "reason": self.reason}
+                "reasonCode": self.code, "reason": self.reason}
 
 
-ResultFor = Callable[..., SyncResult]  # `result(outcome, reason)` bound to one user
+ResultFor = Callable[..., SyncResult]  # `result(outcome, reason, code)` bound to one user
 
 
 @dataclass
@@ -89,10 +98,19 @@ USER_LEASE_SECONDS = 60  # longer than one user's sync; a crashed worker's lease
 
 
 async def sync_user(context: SyncContext, request: SyncRequest, dry_run: bool = False) -> SyncResult:
-    """Bring one user's SharePoint picture in line with their Microsoft 365 photo."""
+    """Bring one user's SharePoint picture in line with their Microsoft 365 photo; log one
+    "sync finished" record with the outcome, its code, the duration and the requests it took."""
+    with telemetry.counting() as counts:
+        result = await _sync_user(context, request, dry_run)
+    telemetry.log_sync(result, request.reason, counts, dry_run=dry_run)
+    return result
+
+
+async def _sync_user(context: SyncContext, request: SyncRequest, dry_run: bool) -> SyncResult:
     user = await context.graph.get_user(request.user_id)
     if user is None:
-        return SyncResult(request.user_id, "", Outcome.SKIPPED, "no such user in the directory")
+        return SyncResult(request.user_id, "", Outcome.SKIPPED, "no such user in the directory",
+                          reasons.USER_NOT_FOUND.code)
     if dry_run:
         return await _sync_and_record(context, user, request, dry_run=True)
     owner, lease = uuid.uuid4().hex, f"user-{user.id}"
@@ -111,29 +129,28 @@ async def _sync_and_record(context: SyncContext, user: DirectoryUser, request: S
     settings = context.settings
     groups = await context.graph.member_of(user.id, scope_groups(settings)) \
         if uses_groups(settings) else set()
-    skip_reason = out_of_scope(settings, user, groups)
-    if skip_reason is None:
+    skip = out_of_scope(settings, user, groups)
+    if skip is None:
         result = await _sync(context, user, state, request.force, dry_run)
     else:
-        result = SyncResult(user.id, user.upn, Outcome.SKIPPED, skip_reason)
+        result = SyncResult(user.id, user.upn, Outcome.SKIPPED, skip.sentence, skip.code)
     if not dry_run:
         if result.outcome is not Outcome.UNCHANGED:
             state.outcome, state.reason = result.outcome.value, result.reason
+            state.reason_code = result.code
         await context.state.save(state)
-    log.info("sync finished", extra={"user_id": user.id, "reason": request.reason,
-                                     "outcome": result.outcome.value, "detail": result.reason})
     return result
 
 
 async def _sync(context: SyncContext, user: DirectoryUser, state: UserState, force: bool,
                 dry_run: bool) -> SyncResult:
-    def result(outcome: Outcome, reason: str = "") -> SyncResult:
-        return SyncResult(user.id, user.upn, outcome, reason)
+    def result(outcome: Outcome, reason: str, code: reasons.ReasonCode) -> SyncResult:
+        return SyncResult(user.id, user.upn, outcome, reason, code.code)
 
     etag = await context.graph.get_photo_etag(user.id)
     if etag and etag == state.seen_etag and not force:
         last = f" (last outcome: {state.outcome})" if state.outcome not in ("", "updated") else ""
-        return result(Outcome.UNCHANGED, "photo etag unchanged" + last)
+        return result(Outcome.UNCHANGED, "photo etag unchanged" + last, reasons.ETAG_UNCHANGED)
     if not etag:
         return await _remove(context, user, state, dry_run, result)
     # Graph lists a photo; an empty body is refused as an empty image below, not taken as removal
@@ -145,27 +162,33 @@ async def _sync(context: SyncContext, user: DirectoryUser, state: UserState, for
                                      max_pixels=context.settings.max_photo_pixels)
     except ImageRejected as rejected:
         state.seen_etag = etag  # this photo will never work: do not download it again
-        return result(Outcome.FAILED, f"photo refused: {rejected}")
+        return result(Outcome.FAILED, f"photo refused: {rejected}", rejected.code)
 
     sharepoint = context.sharepoint
     profile = await sharepoint.get_profile(user.upn)
     if profile is None:  # not seen: try again once SharePoint has created the profile
-        return result(Outcome.SKIPPED, "SharePoint has no user profile for this account yet")
+        return result(Outcome.SKIPPED, "SharePoint has no user profile for this account yet",
+                      reasons.PROFILE_MISSING)
     state.seen_etag = etag
-    linked = await sharepoint.linked_stem(profile)
+    try:
+        linked = await sharepoint.linked_stem(profile)
+    except PhotosFolderUnknown as unknown:  # no retry fixes this: a setting or SharePoint must
+        return result(Outcome.FAILED, str(unknown), reasons.PHOTOS_FOLDER_NOT_FOUND)
     stem = linked or new_stem(context.settings.thumbnail_naming, user.id, user.upn)
     same_picture = thumbnails.digest == state.uploaded_hash and stem == state.picture_stem
     if linked and same_picture and not force:
-        return result(Outcome.UNCHANGED, "new etag, same picture")
+        return result(Outcome.UNCHANGED, "new etag, same picture", reasons.SAME_PICTURE)
     if dry_run:
-        return result(Outcome.UPDATED, f"dry run: would upload {stem}_S/M/LThumb.jpg")
+        return result(Outcome.UPDATED, f"dry run: would upload {stem}_S/M/LThumb.jpg",
+                      reasons.DRY_RUN)
 
     if not same_picture or force:
         await _upload(context, stem, thumbnails)
     state.uploaded_etag, state.uploaded_hash, state.picture_stem = etag, thumbnails.digest, stem
     state.profile_linked = bool(linked) and profile.placeholder_state != "1"
     if state.profile_linked:  # people see these files already: no profile write is needed
-        return result(Outcome.UPDATED, "thumbnails replaced where the profile points")
+        return result(Outcome.UPDATED, "thumbnails replaced where the profile points",
+                      reasons.THUMBNAILS_REPLACED)
     if linked:
         return await _reveal(context, user.upn, state, result)
     return await _link(context, user.upn, profile, stem, state, result)
@@ -182,9 +205,10 @@ async def _reveal(context: SyncContext, upn: str, state: UserState,
                       f"thumbnails replaced as {state.picture_stem}_MThumb.jpg, but the profile "
                       "flags its picture as a placeholder (SPS-PicturePlaceholderState=1) and "
                       "SharePoint refuses this app-only identity the change: a SharePoint admin "
-                      "links it once")
+                      "links it once", reasons.PLACEHOLDER_FLAG_REFUSED)
     state.profile_linked = True
-    return result(Outcome.UPDATED, "thumbnails replaced and the profile's placeholder flag cleared")
+    return result(Outcome.UPDATED, "thumbnails replaced and the profile's placeholder flag cleared",
+                  reasons.PLACEHOLDER_FLAG_CLEARED)
 
 
 async def _upload(context: SyncContext, stem: str, thumbnails: Thumbnails) -> None:
@@ -202,9 +226,12 @@ async def _link(context: SyncContext, upn: str, profile: Profile, stem: str, sta
         log.info("profile link refused: %s", refused)
         return result(Outcome.NEEDS_PROFILE_LINK,
                       f"thumbnails uploaded as {stem}_MThumb.jpg; SharePoint refuses the profile "
-                      f"link to this app-only identity{elsewhere}: a SharePoint admin links it once")
+                      f"link to this app-only identity{elsewhere}: a SharePoint admin links it once",
+                      reasons.PROFILE_LINKS_ELSEWHERE if elsewhere
+                      else reasons.APP_ONLY_LINK_REFUSED)
     state.profile_linked = True
-    return result(Outcome.UPDATED, f"thumbnails uploaded and profile linked{elsewhere}")
+    return result(Outcome.UPDATED, f"thumbnails uploaded and profile linked{elsewhere}",
+                  reasons.UPLOADED_AND_LINKED)
 
 
 async def _remove(context: SyncContext, user: DirectoryUser, state: UserState, dry_run: bool,
@@ -214,22 +241,24 @@ async def _remove(context: SyncContext, user: DirectoryUser, state: UserState, d
     unlinking where allowed), never deleted; only files no profile shows are deleted."""
     had_upload, had_photo = bool(state.uploaded_hash), bool(state.seen_etag)
     if not had_upload and not had_photo:
-        return result(Outcome.NO_PHOTO, "no photo in Microsoft 365")
+        return result(Outcome.NO_PHOTO, "no photo in Microsoft 365", reasons.NO_PHOTO_SET)
     sharepoint = context.sharepoint
     profile = await sharepoint.get_profile(user.upn)
     linked = await sharepoint.linked_stem(profile) if profile else None
     if linked is None and not (had_upload and state.picture_stem):
         state.seen_etag = ""
-        return result(Outcome.NO_PHOTO, "no photo in Microsoft 365")
+        return result(Outcome.NO_PHOTO, "no photo in Microsoft 365", reasons.NO_PHOTO_SET)
     if dry_run:
-        return result(Outcome.PHOTO_REMOVED, "dry run: would take the photo out of SharePoint")
+        return result(Outcome.PHOTO_REMOVED, "dry run: would take the photo out of SharePoint",
+                      reasons.DRY_RUN)
     state.seen_etag = ""
     state.uploaded_etag = state.uploaded_hash = ""
     if linked is None:  # our files were never shown: nothing links to them
         for suffix in SUFFIXES:
             await sharepoint.delete(state.picture_stem, suffix)
         state.picture_stem, state.profile_linked = "", False
-        return result(Outcome.PHOTO_REMOVED, "thumbnails no profile showed were deleted")
+        return result(Outcome.PHOTO_REMOVED, "thumbnails no profile showed were deleted",
+                      reasons.THUMBNAILS_DELETED)
     try:
         await sharepoint.unlink_picture(user.upn)
         unlinked = True
@@ -240,6 +269,7 @@ async def _remove(context: SyncContext, user: DirectoryUser, state: UserState, d
     state.picture_stem, state.profile_linked = linked, not unlinked
     if unlinked:
         return result(Outcome.PHOTO_REMOVED, "profile set to SharePoint's placeholder; its old "
-                      "thumbnails now show a neutral placeholder")
+                      "thumbnails now show a neutral placeholder", reasons.PROFILE_UNLINKED)
     return result(Outcome.PHOTO_REMOVED, "photo replaced by a neutral placeholder where the profile "
-                  "points; the profile link stays until an administrator unlinks it")
+                  "points; the profile link stays until an administrator unlinks it",
+                  reasons.UNLINK_REFUSED_PLACEHOLDER)

@@ -13,11 +13,19 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
+from . import reasons
+from .reasons import ReasonCode
+
 JPEG_QUALITY = 90
 
 
 class ImageRejected(ValueError):
-    """The photo cannot be turned into thumbnails; the message says why (never the bytes)."""
+    """The photo cannot be turned into thumbnails; the message says why (never the bytes), `code`
+    names the reason (shared/reasons.py)."""
+
+    def __init__(self, message: str, code: ReasonCode = reasons.IMAGE_CORRUPT) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -63,9 +71,10 @@ def placeholder_thumbnails(sizes: tuple[int, int, int] = (48, 72, 200)) -> Thumb
 
 def _decode(data: bytes, *, max_bytes: int, max_pixels: int, largest: int) -> Image.Image:
     if not data:
-        raise ImageRejected("the photo is empty (0 bytes)")
+        raise ImageRejected("the photo is empty (0 bytes)", reasons.IMAGE_EMPTY)
     if len(data) > max_bytes:
-        raise ImageRejected(f"the photo is {len(data):,} bytes, over the {max_bytes:,}-byte limit")
+        raise ImageRejected(f"the photo is {len(data):,} bytes, over the {max_bytes:,}-byte limit",
+                            reasons.IMAGE_TOO_LARGE)
     try:
         with warnings.catch_warnings():
             # Pillow warns, then errors, on decompression bombs; our own pixel limit is stricter.
@@ -74,18 +83,20 @@ def _decode(data: bytes, *, max_bytes: int, max_pixels: int, largest: int) -> Im
             width, height = image.size
             if width * height > max_pixels:
                 raise ImageRejected(f"the photo is {width}x{height} pixels, over the "
-                                    f"{max_pixels:,}-pixel limit")
+                                    f"{max_pixels:,}-pixel limit", reasons.IMAGE_TOO_MANY_PIXELS)
             if image.format not in ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF"):
-                raise ImageRejected(f"{image.format} images are not accepted")
+                raise ImageRejected(f"{image.format} images are not accepted",
+                                    reasons.IMAGE_FORMAT_REFUSED)
             if image.format == "JPEG":
                 image.draft(image.mode, (largest, largest))  # decode at a reduced scale: faster
             image.load()
     except ImageRejected:
         raise
     except UnidentifiedImageError:
-        raise ImageRejected("the photo is not an image Pillow can read") from None
+        raise ImageRejected("the photo is not an image Pillow can read",
+                            reasons.IMAGE_UNREADABLE) from None
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
-        raise ImageRejected("the photo looks like a decompression bomb") from None
+        raise ImageRejected("the photo looks like a decompression bomb", reasons.IMAGE_BOMB) from None
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageRejected(f"the photo is corrupt or truncated ({type(error).__name__})") from None
     image = ImageOps.exif_transpose(image)
