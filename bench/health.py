@@ -28,6 +28,7 @@ import statistics
 import time
 import uuid
 
+from azure.core.exceptions import ServiceRequestError
 from azure.data.tables import UpdateMode
 
 from shared import counters
@@ -62,7 +63,14 @@ async def fill(settings: Settings, have: int, users: int, totals: dict[str, int]
                     totals[column] = totals.get(column, 0) + 1
                 operations.append(("upsert", entity, {"mode": UpdateMode.REPLACE}))
             async with gate:
-                await client.submit_transaction(operations)  # type: ignore[arg-type]
+                for attempt in range(5):  # Azurite resets a connection now and then under load
+                    try:
+                        await client.submit_transaction(operations)  # type: ignore[arg-type]
+                        break
+                    except ServiceRequestError:
+                        if attempt == 4:
+                            raise
+                        await asyncio.sleep(1)
 
         await asyncio.gather(*(batch(start) for start in range(have, users, 100)))
         await client.upsert_entity({"PartitionKey": USER_PARTITION,
