@@ -374,7 +374,7 @@ module alerts './app/alerts.bicep' = {
     alertEmail: alertEmail
     reconcileAlertAfterHours: reconcileAlertAfterHours > 0 ? reconcileAlertAfterHours : derivedReconcileAlertHours
     failedAlertThreshold: failedAlertThreshold
-    poisonQueueName: '${syncQueueName}-poison'
+    syncQueueName: syncQueueName
     functionAppName: api.outputs.name
   }
 }
