@@ -108,18 +108,15 @@ param excludeGroups string = ''
 @description('Microsoft Graph endpoint (GRAPH_BASE_URL); change only for national clouds.')
 param graphBaseUrl string = 'https://graph.microsoft.com/v1.0'
 
-@description('Library/folder of the thumbnails on the My Site host (SHAREPOINT_PHOTOS_FOLDER); empty: the app finds it (the folder name follows the My Site language).')
+@description('Override of the photos folder on the My Site host, e.g. User Photos/Profilbilder (SHAREPOINT_PHOTOS_FOLDER). Empty: learned from linked profiles or the User Photos library.')
 param photosFolder string = ''
 
-@description('CompanyName in the SharePoint traffic decoration User-Agent NONISV|<organisation>|photo-sync/<version> (PHOTO_SYNC_ORGANISATION).')
-param organisation string = 'photo-sync'
-
-@allowed([
-  'object-id'
-  'upn'
-])
-@description('File stem of the thumbnails for profiles still on a placeholder (SHAREPOINT_THUMBNAIL_NAMING).')
+@description('File names for profiles still on a placeholder (SHAREPOINT_THUMBNAIL_NAMING): object-id, as SharePoint names them now, or upn.')
+@allowed(['object-id', 'upn'])
 param thumbnailNaming string = 'object-id'
+
+@description('CompanyName in the User-Agent NONISV|<organisation>|photo-sync/<version> (PHOTO_SYNC_ORGANISATION). Empty: the tenant name of the My Site host.')
+param organisation string = ''
 
 // Secret Graph echoes in every change notification (GRAPH_CLIENT_STATE). azd passes the value the
 // preprovision hook stored in the azd environment, so it is the same on every provision. The
@@ -333,14 +330,14 @@ module api './app/api.bicep' = {
     httpAlwaysReady: httpAlwaysReady
     sharePointRuPerMinute: sharePointRuPerMinute
     graphPhotoConcurrency: graphPhotoConcurrency
-    organisation: organisation
-    thumbnailNaming: thumbnailNaming
     syncQueueName: syncQueueName
     stateTableName: stateTableName
     graphBaseUrl: graphBaseUrl
     sharePointMySiteUrl: sharePointMySiteUrl
     sharePointAdminUrl: sharePointAdminUrl
     photosFolder: photosFolder
+    thumbnailNaming: thumbnailNaming
+    organisation: organisation
     graphClientState: graphClientState
     reconcileSchedule: reconcileSchedule
     includeGuests: includeGuests

@@ -171,13 +171,17 @@ class StateStore:
         state.updated_at = utc_now()
         await self._client.upsert_entity(state.to_entity(), mode=UpdateMode.REPLACE)
 
-    async def all_users(self) -> AsyncIterator[UserState]:
-        entities = self._client.query_entities(f"PartitionKey eq '{USER_PARTITION}'")
+    async def _rows(self, query: str, **options: Any) -> AsyncIterator[dict[str, Any]]:
+        """query_entities, reading a table that does not exist yet as no rows (and noting it)."""
         try:
-            async for entity in entities:
-                yield UserState.from_entity(dict(entity))
+            async for entity in self._client.query_entities(query, **options):
+                yield entity
         except ResourceNotFoundError as error:
             self._note_missing(error)
+
+    async def all_users(self) -> AsyncIterator[UserState]:
+        async for entity in self._rows(f"PartitionKey eq '{USER_PARTITION}'"):
+            yield UserState.from_entity(dict(entity))
 
     async def seen_index(self) -> SeenIndex:
         """What the reconciliation compares Graph with, for every user, in one partition scan.
@@ -187,15 +191,12 @@ class StateStore:
         about 80 bytes per user, so 100,000 users cost about 8 MB.
         """
         index = SeenIndex()
-        entities = self._client.query_entities(
+        entities = self._rows(
             f"PartitionKey eq '{USER_PARTITION}'", select=["RowKey", "seen_etag", "uploaded_hash"],
             results_per_page=1000)
-        try:
-            async for entity in entities:
-                index.add(entity["RowKey"], entity.get("seen_etag") or "",
-                          bool(entity.get("uploaded_hash")))
-        except ResourceNotFoundError as error:
-            self._note_missing(error)
+        async for entity in entities:
+            index.add(entity["RowKey"], entity.get("seen_etag") or "",
+                      bool(entity.get("uploaded_hash")))
         return index
 
     # Control rows: the subscription, the reconcile cursor and its lease

@@ -61,8 +61,10 @@ def bicep_param_decls(path: Path) -> dict[str, Param]:
         elif match := re.match(r"param\s+(\w+)\s+([\w.\[\]]+)(?:\s*=\s*(.*))?$", line):
             param = Param(match.group(1), match.group(2), match.group(3), decorators=pending)
             for decorator in pending:
-                if decorator.startswith("@allowed("):
-                    param.allowed = [v.strip().strip("'") for v in decorator.splitlines()[1:-1]]
+                if decorator.startswith("@allowed("):  # one item a line, or ['a', 'b'] on one
+                    items = decorator[decorator.index("[") + 1:decorator.rindex("]")]
+                    param.allowed = [m.group(1) if m.group(1) is not None else m.group(2)
+                                     for m in re.finditer(r"'([^']*)'|(-?\d+)", items)]
                 elif m := re.match(r"@minValue\((-?\d+)\)", decorator):
                     param.min = int(m.group(1))
                 elif m := re.match(r"@maxValue\((-?\d+)\)", decorator):
@@ -79,12 +81,13 @@ def test_the_param_reader() -> None:
     sample = Path(__file__).parent / "data" / "_param_sample.bicep"
     sample.write_text("@allowed([\n  'a'\n  'b'\n])\n@description('x (y)')\n"
                       "param p string = 'a'\n@minValue(1)\n@maxValue(9)\nparam n int = 4\n"
-                      "var v = 1\nparam q bool\n")
+                      "var v = 1\nparam q bool\n@allowed(['x', 'y z'])\nparam r string\n")
     try:
         params = bicep_param_decls(sample)
     finally:
         sample.unlink()
     assert params["p"].allowed == ["a", "b"] and params["p"].default == "'a'"
+    assert params["r"].allowed == ["x", "y z"] and params["n"].allowed is None
     assert (params["n"].min, params["n"].max, params["n"].default) == (1, 9, "4")
     assert params["q"].default is None and params["q"].allowed is None
 

@@ -16,15 +16,15 @@ param maximumInstanceCount int = 4
 param httpAlwaysReady int = 1
 param sharePointRuPerMinute int = 1250
 param graphPhotoConcurrency int = 4
-param organisation string = 'photo-sync'
-param thumbnailNaming string = 'object-id'
 
 param syncQueueName string
 param stateTableName string
 param graphBaseUrl string
 param sharePointMySiteUrl string
 param sharePointAdminUrl string = ''
-param photosFolder string
+param photosFolder string = ''
+param thumbnailNaming string = 'object-id'
+param organisation string = ''
 @secure()
 param graphClientState string
 param reconcileSchedule string
