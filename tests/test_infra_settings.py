@@ -281,8 +281,8 @@ def test_deployed_settings_pass_the_apps_own_validation() -> None:
             env[name] = expressions[value]
         elif re.fullmatch(r"'[^'$]*'", value):
             env[name] = value[1:-1]
-        elif m := re.fullmatch(r"string\((\w+)\)", value):
-            env[name] = main_defaults[m.group(1)]
+        elif m := re.fullmatch(r"string\((\w+)\)|(includeGuests|enabledOnly)", value):
+            env[name] = main_defaults[m.group(1) or m.group(2)]  # int parameters; string flags
         elif "${baseUrl}" in value:
             env[name] = value.strip("'").replace("${baseUrl}", "https://func-photosync.azurewebsites.net")
         elif value.startswith("'ClientId="):
@@ -291,8 +291,6 @@ def test_deployed_settings_pass_the_apps_own_validation() -> None:
             env[name] = bicep_var_string(MAIN_BICEP, value)
         elif value in ("graphBaseUrl", "photosFolder", "reconcileSchedule", "thumbnailNaming",
                        "organisation"):
-            env[name] = main_defaults[value]
-        elif value in ("includeGuests", "enabledOnly"):  # string parameters, passed through
             env[name] = main_defaults[value]
         elif value == "applicationInsights.properties.ConnectionString":
             env[name] = "InstrumentationKey=00000000-0000-0000-0000-000000000000"
