@@ -77,15 +77,12 @@ def bicep_param_decls(path: Path) -> dict[str, Param]:
     return params
 
 
-def test_the_param_reader() -> None:
-    sample = Path(__file__).parent / "data" / "_param_sample.bicep"
+def test_the_param_reader(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.bicep"
     sample.write_text("@allowed([\n  'a'\n  'b'\n])\n@description('x (y)')\n"
                       "param p string = 'a'\n@minValue(1)\n@maxValue(9)\nparam n int = 4\n"
                       "var v = 1\nparam q bool\n@allowed(['x', 'y z'])\nparam r string\n")
-    try:
-        params = bicep_param_decls(sample)
-    finally:
-        sample.unlink()
+    params = bicep_param_decls(sample)
     assert params["p"].allowed == ["a", "b"] and params["p"].default == "'a'"
     assert params["r"].allowed == ["x", "y z"] and params["n"].allowed is None
     assert (params["n"].min, params["n"].max, params["n"].default) == (1, 9, "4")
