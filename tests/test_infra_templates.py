@@ -180,6 +180,9 @@ def test_the_deploying_principals_type_comes_from_azd() -> None:
     assert azd_parameters()["principalType"] == "${AZURE_PRINCIPAL_TYPE}"
     allowed = bicep_param_decls(MAIN_BICEP)["principalType"].allowed or []
     assert set(allowed) == {"User", "ServicePrincipal"}
+    azure_yaml = (ROOT / "azure.yaml").read_text()
+    assert re.search(r'(?m)^requiredVersions:\n  azd: ">= 1\.17\.1"$', azure_yaml), \
+        "azd sets AZURE_PRINCIPAL_TYPE from 1.17.1 on"
     rbac = RBAC_BICEP.read_text()
     assert "principalType: 'User'" not in rbac
     assert "principalType: userIdentityPrincipalType" in rbac
