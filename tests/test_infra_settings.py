@@ -44,7 +44,7 @@ CONTRACT_SETTINGS = {
     "SHAREPOINT_THUMBNAIL_NAMING": "object-id | upn, the stem for placeholder profiles",
 }
 # Set in Azure for the Functions host or the platform, not read by photo-sync's own code.
-PLATFORM_PREFIXES = ("APPLICATIONINSIGHTS_", "AzureWebJobsStorage__")
+PLATFORM_PREFIXES = ("APPLICATIONINSIGHTS_", "AzureWebJobsStorage__", "PYTHON_APPLICATIONINSIGHTS_")
 # Must not be app settings on the Flex Consumption plan (or contradict identity-based storage).
 FORBIDDEN_ON_FLEX = ("FUNCTIONS_WORKER_RUNTIME", "FUNCTIONS_EXTENSION_VERSION",
                      "WEBSITE_RUN_FROM_PACKAGE", "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING",

@@ -381,6 +381,11 @@ def test_the_alert_rules_read_the_contract_log_records() -> None:
         assert "AggregatedValue" not in query and "bag_unpack" not in query
 
 
+def test_the_worker_exports_the_records_the_alerts_read() -> None:
+    """The Python worker drops `extra` fields unless it exports with OpenTelemetry itself."""
+    assert bicep_app_settings()["PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY"] == "'true'"
+
+
 def test_alerts_are_deployed_with_an_optional_action_group() -> None:
     text = ALERTS_BICEP.read_text()
     assert re.search(r"module\s+actionGroup\s+'br/public:avm/res/insights/action-group:[\d.]+'"
