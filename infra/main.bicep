@@ -108,7 +108,7 @@ param excludeGroups string = ''
 @description('Microsoft Graph endpoint (GRAPH_BASE_URL); change only for national clouds.')
 param graphBaseUrl string = 'https://graph.microsoft.com/v1.0'
 
-@description('Library/folder of the thumbnails on the My Site host (SHAREPOINT_PHOTOS_FOLDER); empty: the app finds it (the folder name follows the My Site language).')
+@description('Override of the photos folder on the My Site host, e.g. User Photos/Profilbilder (SHAREPOINT_PHOTOS_FOLDER). Empty: learned from linked profiles or the User Photos library.')
 param photosFolder string = ''
 
 @description('CompanyName in the SharePoint traffic decoration User-Agent NONISV|<organisation>|photo-sync/<version> (PHOTO_SYNC_ORGANISATION). Empty: the tenant name of the My Site host.')
@@ -333,14 +333,14 @@ module api './app/api.bicep' = {
     httpAlwaysReady: httpAlwaysReady
     sharePointRuPerMinute: sharePointRuPerMinute
     graphPhotoConcurrency: graphPhotoConcurrency
-    organisation: organisation
-    thumbnailNaming: thumbnailNaming
     syncQueueName: syncQueueName
     stateTableName: stateTableName
     graphBaseUrl: graphBaseUrl
     sharePointMySiteUrl: sharePointMySiteUrl
     sharePointAdminUrl: sharePointAdminUrl
     photosFolder: photosFolder
+    thumbnailNaming: thumbnailNaming
+    organisation: organisation
     graphClientState: graphClientState
     reconcileSchedule: reconcileSchedule
     includeGuests: includeGuests
@@ -374,7 +374,7 @@ module alerts './app/alerts.bicep' = {
     alertEmail: alertEmail
     reconcileAlertAfterHours: reconcileAlertAfterHours > 0 ? reconcileAlertAfterHours : derivedReconcileAlertHours
     failedAlertThreshold: failedAlertThreshold
-    poisonQueueName: '${syncQueueName}-poison'
+    syncQueueName: syncQueueName
     functionAppName: api.outputs.name
   }
 }

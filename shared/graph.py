@@ -60,15 +60,6 @@ class GraphError(RuntimeError):
     """A Graph call failed in a way retrying this message may fix (5xx, throttled past retries)."""
 
 
-class SubscriptionValidationFailed(GraphError):
-    """Graph could not validate the webhook within its 10 s while creating the subscription.
-
-    Graph answers 400 "Subscription validation request timed out." (or "... failed.") when the
-    notification URL does not echo the token in time, e.g. from a cold Function App instance
-    (microsoftgraph/microsoft-graph-docs#5554, microsoftgraph/msgraph-sdk-dotnet#2805): worth a retry.
-    """
-
-
 def build_graph_client(settings: Settings, credential: CachingCredential, http: httpx.AsyncClient,
                        max_retries: int = 3) -> GraphServiceClient:
     host = urlsplit(settings.graph_base_url).hostname or ""
@@ -376,3 +367,12 @@ def _as_graph_error(error: ODataError, doing: str) -> GraphError:
     message = error.error.message if error.error else None
     return GraphError(f"Graph answered {error.response_status_code} while {doing}"
                       f"{f': {code}' if code else ''}{f' ({message})' if message else ''}")
+
+
+class SubscriptionValidationFailed(GraphError):
+    """Graph could not validate the webhook within its 10 s while creating the subscription.
+
+    Graph answers 400 "Subscription validation request timed out." (or "... failed.") when the
+    notification URL does not echo the token in time, e.g. from a cold Function App instance
+    (microsoftgraph/microsoft-graph-docs#5554, microsoftgraph/msgraph-sdk-dotnet#2805): worth a retry.
+    """

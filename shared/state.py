@@ -176,13 +176,17 @@ class StateStore:
         state.updated_at = utc_now()
         await counters.save_counted(self._client, state.to_entity())
 
-    async def all_users(self) -> AsyncIterator[UserState]:
-        entities = self._client.query_entities(counters.USER_ROWS)
+    async def _rows(self, query: str, **options: Any) -> AsyncIterator[dict[str, Any]]:
+        """query_entities, reading a table that does not exist yet as no rows (and noting it)."""
         try:
-            async for entity in entities:
-                yield UserState.from_entity(dict(entity))
+            async for entity in self._client.query_entities(query, **options):
+                yield entity
         except ResourceNotFoundError as error:
             self._note_missing(error)
+
+    async def all_users(self) -> AsyncIterator[UserState]:
+        async for entity in self._rows(counters.USER_ROWS):
+            yield UserState.from_entity(dict(entity))
 
     async def seen_index(self) -> SeenIndex:
         """What the reconciliation compares Graph with, for every user, in one partition scan.
@@ -192,15 +196,12 @@ class StateStore:
         about 80 bytes per user, so 100,000 users cost about 8 MB.
         """
         index = SeenIndex()
-        entities = self._client.query_entities(
+        entities = self._rows(
             f"PartitionKey eq '{USER_PARTITION}'", select=["RowKey", "seen_etag", "uploaded_hash"],
             results_per_page=1000)
-        try:
-            async for entity in entities:
-                index.add(entity["RowKey"], entity.get("seen_etag") or "",
-                          bool(entity.get("uploaded_hash") or entity.get("seen_etag")))
-        except ResourceNotFoundError as error:
-            self._note_missing(error)
+        async for entity in entities:
+            index.add(entity["RowKey"], entity.get("seen_etag") or "",
+                      bool(entity.get("uploaded_hash") or entity.get("seen_etag")))
         return index
 
     # Control rows: the subscription, the reconcile cursor and its lease

@@ -44,7 +44,7 @@ CONTRACT_SETTINGS = {
     "SHAREPOINT_THUMBNAIL_NAMING": "object-id | upn, the stem for placeholder profiles",
 }
 # Set in Azure for the Functions host or the platform, not read by photo-sync's own code.
-PLATFORM_PREFIXES = ("APPLICATIONINSIGHTS_", "AzureWebJobsStorage__")
+PLATFORM_PREFIXES = ("APPLICATIONINSIGHTS_", "AzureWebJobsStorage__", "PYTHON_APPLICATIONINSIGHTS_")
 # Must not be app settings on the Flex Consumption plan (or contradict identity-based storage).
 FORBIDDEN_ON_FLEX = ("FUNCTIONS_WORKER_RUNTIME", "FUNCTIONS_EXTENSION_VERSION",
                      "WEBSITE_RUN_FROM_PACKAGE", "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING",
@@ -281,15 +281,16 @@ def test_deployed_settings_pass_the_apps_own_validation() -> None:
             env[name] = expressions[value]
         elif re.fullmatch(r"'[^'$]*'", value):
             env[name] = value[1:-1]
-        elif m := re.fullmatch(r"string\((\w+)\)", value):
-            env[name] = main_defaults[m.group(1)]
+        elif m := re.fullmatch(r"string\((\w+)\)|(includeGuests|enabledOnly)", value):
+            env[name] = main_defaults[m.group(1) or m.group(2)]  # int parameters; string flags
         elif "${baseUrl}" in value:
             env[name] = value.strip("'").replace("${baseUrl}", "https://func-photosync.azurewebsites.net")
         elif value.startswith("'ClientId="):
             env[name] = f"ClientId={client_id};Authorization=AAD"
         elif value in ("syncQueueName", "stateTableName"):
             env[name] = bicep_var_string(MAIN_BICEP, value)
-        elif value in main_defaults:
+        elif value in ("graphBaseUrl", "photosFolder", "reconcileSchedule", "thumbnailNaming",
+                       "organisation"):
             env[name] = main_defaults[value]
         elif value == "applicationInsights.properties.ConnectionString":
             env[name] = "InstrumentationKey=00000000-0000-0000-0000-000000000000"

@@ -61,8 +61,10 @@ def bicep_param_decls(path: Path) -> dict[str, Param]:
         elif match := re.match(r"param\s+(\w+)\s+([\w.\[\]]+)(?:\s*=\s*(.*))?$", line):
             param = Param(match.group(1), match.group(2), match.group(3), decorators=pending)
             for decorator in pending:
-                if decorator.startswith("@allowed("):
-                    param.allowed = [v.strip().strip("'") for v in decorator.splitlines()[1:-1]]
+                if decorator.startswith("@allowed("):  # one item a line, or ['a', 'b'] on one
+                    items = decorator[decorator.index("[") + 1:decorator.rindex("]")]
+                    param.allowed = [m.group(1) if m.group(1) is not None else m.group(2)
+                                     for m in re.finditer(r"'([^']*)'|(-?\d+)", items)]
                 elif m := re.match(r"@minValue\((-?\d+)\)", decorator):
                     param.min = int(m.group(1))
                 elif m := re.match(r"@maxValue\((-?\d+)\)", decorator):
@@ -75,16 +77,14 @@ def bicep_param_decls(path: Path) -> dict[str, Param]:
     return params
 
 
-def test_the_param_reader() -> None:
-    sample = Path(__file__).parent / "data" / "_param_sample.bicep"
+def test_the_param_reader(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.bicep"
     sample.write_text("@allowed([\n  'a'\n  'b'\n])\n@description('x (y)')\n"
                       "param p string = 'a'\n@minValue(1)\n@maxValue(9)\nparam n int = 4\n"
-                      "var v = 1\nparam q bool\n")
-    try:
-        params = bicep_param_decls(sample)
-    finally:
-        sample.unlink()
+                      "var v = 1\nparam q bool\n@allowed(['x', 'y z'])\nparam r string\n")
+    params = bicep_param_decls(sample)
     assert params["p"].allowed == ["a", "b"] and params["p"].default == "'a'"
+    assert params["r"].allowed == ["x", "y z"] and params["n"].allowed is None
     assert (params["n"].min, params["n"].max, params["n"].default) == (1, 9, "4")
     assert params["q"].default is None and params["q"].allowed is None
 
@@ -180,6 +180,9 @@ def test_the_deploying_principals_type_comes_from_azd() -> None:
     assert azd_parameters()["principalType"] == "${AZURE_PRINCIPAL_TYPE}"
     allowed = bicep_param_decls(MAIN_BICEP)["principalType"].allowed or []
     assert set(allowed) == {"User", "ServicePrincipal"}
+    azure_yaml = (ROOT / "azure.yaml").read_text()
+    assert re.search(r'(?m)^requiredVersions:\n  azd: ">= 1\.17\.1"$', azure_yaml), \
+        "azd sets AZURE_PRINCIPAL_TYPE from 1.17.1 on"
     rbac = RBAC_BICEP.read_text()
     assert "principalType: 'User'" not in rbac
     assert "principalType: userIdentityPrincipalType" in rbac
@@ -376,6 +379,11 @@ def test_the_alert_rules_read_the_contract_log_records() -> None:
             # log search alerts accept ago() with timespan literals only
             assert re.fullmatch(r"\d+h|\$\{hours\}", argument), f"alert {name}: ago({argument})"
         assert "AggregatedValue" not in query and "bag_unpack" not in query
+
+
+def test_the_worker_exports_the_records_the_alerts_read() -> None:
+    """The Python worker drops `extra` fields unless it exports with OpenTelemetry itself."""
+    assert bicep_app_settings()["PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY"] == "'true'"
 
 
 def test_alerts_are_deployed_with_an_optional_action_group() -> None:

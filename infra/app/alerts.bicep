@@ -21,8 +21,8 @@ param alertEmail string = ''
 param reconcileAlertAfterHours int
 @minValue(1)
 param failedAlertThreshold int
-@description('The poison queue the health record counts (for the alert text).')
-param poisonQueueName string
+@description('The sync queue, whose poison queues the health record counts (for the alert text).')
+param syncQueueName string
 @description('The Function App, for the metric alert that notices when nothing runs at all.')
 param functionAppName string
 
@@ -67,7 +67,7 @@ var rules = [
   {
     name: 'poison-messages'
     displayName: 'photo-sync: messages in the poison queue'
-    description: 'Messages are in ${poisonQueueName} (the latest health record counts them), or a sync message failed its last attempt in the past hour and is going there. Look at the "sync message failed" records, fix the cause, then run `python -m shared replay-poison` (docs/troubleshooting.md).'
+    description: 'Messages are in ${syncQueueName}-poison or ${syncQueueName}-control-poison (the latest health record counts both), or a sync message failed its last attempt in the past hour and is going there. Look at the "sync message failed" records, fix the cause, then run `python -m shared replay-poison` (docs/troubleshooting.md).'
     severity: 2
     evaluationFrequency: 'PT15M'
     windowSize: 'PT1H'

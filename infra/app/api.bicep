@@ -104,6 +104,10 @@ var appSettings = {
   // Application Insights with Entra ID authentication (local auth is disabled on the component).
   APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsights.properties.ConnectionString
   APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
+  // The Python worker exports the app's log records with the Azure Monitor OpenTelemetry distro, so
+  // their `extra` fields become customDimensions, which the alert rules read (docs/operations.md;
+  // learn.microsoft.com/azure/azure-functions/opentelemetry-howto, Python).
+  PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'
   // photo-sync (shared/settings.py)
   PHOTO_SYNC_QUEUE: syncQueueName
   PHOTO_SYNC_STATE_TABLE: stateTableName
