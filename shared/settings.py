@@ -17,6 +17,11 @@ DEFAULT_GRAPH_BASE_URL = "https://graph.microsoft.com/v1.0"
 DEFAULT_PHOTOS_FOLDER = "User Photos/Profile Pictures"
 DEFAULT_THUMBNAIL_SIZES = (48, 72, 200)
 DEFAULT_RECONCILE_SCHEDULE = "0 0 */6 * * *"
+# SharePoint Online's per-app budget for the smallest tenants (0-1,000 licences); 2,500 / 3,750 /
+# 5,000 / 6,250 above (SharePoint/sp-dev-docs, how-to-avoid-getting-throttled-or-blocked-...).
+DEFAULT_SHAREPOINT_RU_PER_MINUTE = 1250
+# Outlook serves Graph photos: "up to 4 concurrent requests" per app (Graph throttling-limits page).
+DEFAULT_GRAPH_PHOTO_CONCURRENCY = 4
 
 # Azure Storage queue names: 3-63 chars, lowercase letters, digits and single hyphens.
 _QUEUE_NAME = re.compile(r"^(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*$")
@@ -70,6 +75,9 @@ class Settings:
     enabled_only: bool = True
     include_groups: tuple[str, ...] = ()
     exclude_groups: tuple[str, ...] = ()
+    sharepoint_ru_per_minute: int = DEFAULT_SHAREPOINT_RU_PER_MINUTE
+    max_instances: int = 1
+    graph_photo_concurrency: int = DEFAULT_GRAPH_PHOTO_CONCURRENCY
 
     @property
     def poison_queue_name(self) -> str:
@@ -151,6 +159,11 @@ class Settings:
             enabled_only=reader.flag("SYNC_ENABLED_ONLY", True),
             include_groups=reader.id_list("SYNC_INCLUDE_GROUPS"),
             exclude_groups=reader.id_list("SYNC_EXCLUDE_GROUPS"),
+            sharepoint_ru_per_minute=reader.positive_int("SHAREPOINT_RU_PER_MINUTE",
+                                                         DEFAULT_SHAREPOINT_RU_PER_MINUTE),
+            max_instances=reader.positive_int("PHOTO_SYNC_MAX_INSTANCES", 1),
+            graph_photo_concurrency=reader.positive_int("GRAPH_PHOTO_CONCURRENCY",
+                                                        DEFAULT_GRAPH_PHOTO_CONCURRENCY),
         )
         if reader.problems:
             raise SettingsError(reader.problems)

@@ -18,6 +18,7 @@ from kiota_http.middleware import RetryHandler
 from kiota_http.middleware.options import RetryHandlerOption
 
 from .credentials import CachingCredential, scope_for
+from .pacing import PacedTransport, SharePointPacer, Throttled, sharepoint_pacer, throttle_wait
 from .settings import Settings
 
 JSON = "application/json;odata=nometadata"
@@ -30,6 +31,10 @@ _APP_ONLY_REFUSAL = "managing your own data or have administrator privileges"
 
 class SharePointError(RuntimeError):
     """A SharePoint call failed in a way a later retry may fix."""
+
+
+class SharePointThrottled(SharePointError, Throttled):
+    """Still throttled after the retries: the sync is scheduled again after `wait` seconds."""
 
 
 class ProfileWriteRefused(RuntimeError):
@@ -79,9 +84,12 @@ class BearerAuth(httpx.Auth):
             yield request
 
 
-def build_http_client(credential: CachingCredential, max_retries: int = 3) -> httpx.AsyncClient:
+def build_http_client(credential: CachingCredential, max_retries: int = 3,
+                      pacer: SharePointPacer | None = None) -> httpx.AsyncClient:
+    """Kiota's RetryHandler over the pacer (shared/pacing.py), which sees every attempt."""
+    transport = PacedTransport(httpx.AsyncHTTPTransport(http2=True), pacer) if pacer else None
     client = httpx.AsyncClient(auth=BearerAuth(credential), timeout=httpx.Timeout(60, connect=10),
-                               http2=True, headers={"Accept": JSON})
+                               http2=True, headers={"Accept": JSON}, transport=transport)
     retry = RetryHandler(RetryHandlerOption(max_retries=max_retries))
     return KiotaClientFactory.create_with_custom_middleware([retry], client=client)
 
@@ -100,8 +108,8 @@ class SharePointProfiles:
 
     @classmethod
     def from_settings(cls, settings: Settings, credential: CachingCredential) -> SharePointProfiles:
-        return cls(build_http_client(credential), settings.mysite_url, settings.admin_url,
-                   settings.photos_folder)
+        return cls(build_http_client(credential, pacer=sharepoint_pacer(settings)),
+                   settings.mysite_url, settings.admin_url, settings.photos_folder)
 
     def file_path(self, upn: str, suffix: str) -> str:
         """Server-relative path of a thumbnail; `suffix` is S, M or L."""
@@ -181,4 +189,7 @@ def _error_text(response: httpx.Response) -> str:
 def _raise_for_status(response: httpx.Response, doing: str) -> None:
     if response.is_success:
         return
+    if response.status_code in (429, 503):
+        raise SharePointThrottled(f"{_error_text(response)} while {doing}",
+                                  throttle_wait(response.headers))
     raise SharePointError(f"{_error_text(response)} while {doing}")
