@@ -10,8 +10,8 @@ throttle wait the larger of `Retry-After` and `RateLimit-Reset`.
 So every SharePoint request of a worker process goes through one `SharePointPacer`:
 - a leaky bucket (aiolimiter) paces it at SHAREPOINT_RU_PER_MINUTE / PHOTO_SYNC_MAX_INSTANCES, a
   little under (the service counts in fixed one-minute windows and the bucket allows a short burst);
-- `RateLimit-Remaining` under 5 % of the limit stops every request until `RateLimit-Reset`: other
-  instances or apps may have spent the budget;
+- `RateLimit-Remaining` under 5 % of the limit (plus what the requests already on their way will
+  cost) stops every request until `RateLimit-Reset`: other instances may have spent the budget;
 - a 429/503 stops every request of the process until the larger of `Retry-After` and
   `RateLimit-Reset`. A wait up to INLINE_WAIT_SECONDS happens in place (Kiota's RetryHandler then
   retries); a longer one raises `Throttled`, and the queue function schedules the user again after
@@ -53,6 +53,7 @@ BURST_SECONDS = 2.0  # the bucket holds this many seconds of budget
 RATELIMIT_RESERVE = 0.05  # RateLimit-Remaining below this share of the limit: wait for the reset
 DEFAULT_THROTTLE_WAIT = 10.0  # a 429/503 without Retry-After (SharePoint always sends one)
 OUTLOOK_BATCH_PARALLELISM = 4  # Outlook runs up to 4 requests of one $batch at a time
+GROW_AFTER = 8  # clean batches per unit of concurrency before reconciliation tries one more
 
 T = TypeVar("T")
 
@@ -113,6 +114,7 @@ class SharePointPacer:
         self._clock = clock
         self._quiet_until = 0.0
         self._limiters = _PerLoop()
+        self.in_flight = 0
         self.stats: Counter[str] = Counter()
 
     def quiet_for(self) -> float:
@@ -135,6 +137,11 @@ class SharePointPacer:
             lambda: AsyncLimiter(self.capacity, self.capacity / self.ru_per_second))
         await limiter.acquire(min(cost, self.capacity))
         self.stats["requests"] += 1
+        self.in_flight += 1
+
+    def done(self) -> None:
+        """The request's answer (or failure) is in."""
+        self.in_flight -= 1
 
     def after(self, response: httpx.Response) -> float | None:
         """Read what SharePoint said about the budget; the wait a throttled answer asks for."""
@@ -147,7 +154,9 @@ class SharePointPacer:
         reset = _seconds(headers.get("RateLimit-Reset"))
         limit, remaining = _seconds(headers.get("RateLimit-Limit")), \
             _seconds(headers.get("RateLimit-Remaining"))
-        if limit and remaining is not None and reset and remaining <= limit * RATELIMIT_RESERVE:
+        # what is left must also cover the requests already on their way
+        reserve = limit * RATELIMIT_RESERVE + self.in_flight * RU_PER_REQUEST if limit else 0
+        if limit and remaining is not None and reset and remaining <= reserve:
             self.stats["slowed"] += 1
             self.hold(reset)
         return None
@@ -163,7 +172,10 @@ class PacedTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         await self._pacer.before()
         _count("sharepoint")
-        response = await self._inner.handle_async_request(request)
+        try:
+            response = await self._inner.handle_async_request(request)
+        finally:
+            self._pacer.done()
         wait = self._pacer.after(response)
         if wait is not None and wait > INLINE_WAIT_SECONDS:
             await response.aclose()
@@ -239,8 +251,9 @@ class GraphTransport(httpx.AsyncBaseTransport):
 
 class AdaptiveLimit:
     """How many $batch requests reconciliation keeps in flight: at most `maximum`, halved when
-    a batch still has throttled items, grown by one after as many clean batches as the limit
-    (additive increase, multiplicative decrease)."""
+    a batch still has throttled items, grown by one after GROW_AFTER x limit clean batches
+    (additive increase, multiplicative decrease: a 429 costs its Retry-After, so probing for
+    more is slow)."""
 
     def __init__(self, maximum: int) -> None:
         self.maximum = max(1, maximum)
@@ -268,7 +281,7 @@ class AdaptiveLimit:
 
     def succeeded(self) -> None:
         self._clean += 1
-        if self._clean >= self.limit and self.limit < self.maximum:
+        if self._clean >= GROW_AFTER * self.limit and self.limit < self.maximum:
             self.limit += 1
             self._clean = 0
 
