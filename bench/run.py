@@ -33,6 +33,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from bench import scale
+
 ROOT = Path(__file__).resolve().parent.parent
 GOALS = {
     "graph_per_user": 0.06,      # steady state: Graph requests per user
@@ -151,6 +153,8 @@ class SizeResult:
     baseline: dict[str, Any] = field(default_factory=dict)
     one_change: dict[str, Any] = field(default_factory=dict)
     burst: dict[str, Any] = field(default_factory=dict)
+    drain: dict[str, Any] = field(default_factory=dict)  # bench/scale.py
+    outlook: dict[str, Any] = field(default_factory=dict)  # bench/scale.py
 
 
 def prepopulate_state(sim: Any, connection_string: str, table: str) -> float:
@@ -272,6 +276,15 @@ def run_size(n: int, azurite: Any, args: argparse.Namespace) -> SizeResult:
         }
         console.log(f"{n:,} users: baseline sample of {base['users']} users took "
                     f"{base['elapsed']:.1f} s")
+
+        # issue 11: the drain before/after worker-lifetime clients, reconcile under Outlook limits
+        result.drain = scale.drain_before_after(sim, worker, with_photo)
+        console.log(f"{n:,} users: drain {result.drain['before']['users_per_second']:.1f} users/s "
+                    f"with clients per message, {result.drain['after']['users_per_second']:.1f} "
+                    "with the worker's")
+        result.outlook = scale.reconcile_under_outlook(sim, worker, with_photo, 50, args)
+        console.log(f"{n:,} users: reconcile under Outlook limits {result.outlook['elapsed']:.1f} s "
+                    f"(minimum {result.outlook['theoretical_seconds']:.1f} s)")
         worker.close()
         worker = None
 
@@ -605,6 +618,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="longest any one measured step may take, in seconds (default 900)")
     parser.add_argument("--profile", action="store_true",
                         help="cProfile the steady-state reconcile into .run/bench-reconcile-N.prof")
+    parser.add_argument("--initial-sync-users", type=int, default=10_000,
+                        help="tenant size of the initial-sync scenario (0 skips it; default 10000)")
+    parser.add_argument("--initial-sync-ru-per-minute", type=int, default=6_000,
+                        help="SharePoint budget of the initial sync, scaled up from a real "
+                             "tenant's 1,250-6,250 so the run takes minutes (default 6000)")
+    parser.add_argument("--outlook-service-ms", type=float, default=10,
+                        help="Outlook's time per photo request in the reconcile-under-Outlook-"
+                             "limits scenario (default 10)")
+    parser.add_argument("--outlook-network-ms", type=float, default=2,
+                        help="network latency per request in that scenario (default 2)")
     parser.add_argument("--json", metavar="PATH", help="also write every figure as JSON")
     args = parser.parse_args(argv)
     args.size_list = [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
@@ -623,16 +646,24 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     thumbs = thumbnail_cost(args.thumbnail_runs)
     results = []
+    initial = None
     with Azurite() as azurite:
         for n in args.size_list:
             results.append(run_size(n, azurite, args))
-    print_tables(results, thumbs, args)
+        if args.initial_sync_users:
+            initial = scale.initial_sync(azurite, args, console)
+    if results:
+        print_tables(results, thumbs, args)
+    scale.print_scale_tables(results, initial, args, console)
     console.print(f"total bench time {time.perf_counter() - started:.0f} s")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(
             {"machine": info, "args": {k: v for k, v in vars(args).items()},
-             "thumbnails": thumbs, "sizes": [r.__dict__ for r in results]}, indent=2, default=str))
+             "thumbnails": thumbs, "sizes": [r.__dict__ for r in results],
+             "initial_sync": initial}, indent=2, default=str))
+    if initial:
+        print(scale.initial_sync_line(initial), flush=True)
     return 0
 
 

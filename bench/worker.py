@@ -76,12 +76,17 @@ def cmd_reconcile(profile: str = "") -> dict[str, Any]:
             "max_rss_mb": max_rss_mb()}
 
 
-def cmd_drain(expected: int, timeout: float = 600) -> dict[str, Any]:
+def cmd_drain(expected: int, timeout: float = 600, process_clients: bool = True
+              ) -> dict[str, Any]:
     """Run the sync_photo queue function on every queued message, as the Functions host would,
-    until `expected` messages were handled (no idle polling is counted in the time)."""
+    until `expected` messages were handled (no idle polling is counted in the time).
+    `process_clients=False` opens the clients per message, as photo-sync did before issue 11."""
     import function_app
+    from shared import handlers
     from shared.handlers import get_settings
     from simulator.functions_host import QueueWorker
+
+    handlers.PROCESS_CLIENTS = process_clients
 
     async def go() -> dict[str, Any]:
         worker = QueueWorker(function_app.app, get_settings().storage.connection_string or "",
@@ -102,6 +107,45 @@ def cmd_drain(expected: int, timeout: float = 600) -> dict[str, Any]:
     return asyncio.run(go())
 
 
+def cmd_drain_all(timeout: float = 1800, progress_every: float = 30) -> dict[str, Any]:
+    """Run sync_photo until the queue holds nothing, not even messages a throttled sync put
+    back with a visibility delay; report what the host saw (failures, poison)."""
+    import function_app
+    from shared import pacing
+    from shared.handlers import get_settings
+    from simulator.functions_host import QueueWorker
+
+    async def go() -> dict[str, Any]:
+        settings = get_settings()
+        worker = QueueWorker(function_app.app, settings.storage.connection_string or "",
+                             "sync_photo")
+        async with worker:
+            started = time.perf_counter()
+            deadline, report_at = started + timeout, started + progress_every
+            handled = 0
+            while time.perf_counter() < deadline:
+                received = await worker.run_once()
+                handled += received
+                if time.perf_counter() > report_at:
+                    report_at += progress_every
+                    print(f"  drain: {handled:,} messages handled after "
+                          f"{time.perf_counter() - started:.0f} s", file=sys.stderr)
+                if received:
+                    continue
+                left = (await worker.queue.get_queue_properties()).approximate_message_count
+                if not left:
+                    break
+                await asyncio.sleep(0.2)
+            elapsed = time.perf_counter() - started
+            poisoned = (await worker.poison.get_queue_properties()).approximate_message_count
+            pacer = pacing.sharepoint_pacer(settings)
+            return {"elapsed": elapsed, "handled": handled, "processed": worker.processed,
+                    "failures": worker.failures, "poisoned": poisoned,
+                    "pacer": dict(pacer.stats)}
+
+    return asyncio.run(go())
+
+
 def cmd_baseline(sample: int, roots: dict[str, str], photos_folder: str,
                  pause_ms: float = 0) -> dict[str, Any]:
     from .baseline import run_baseline
@@ -110,7 +154,7 @@ def cmd_baseline(sample: int, roots: dict[str, str], photos_folder: str,
 
 
 COMMANDS = {"warmup": cmd_warmup, "reconcile": cmd_reconcile, "drain": cmd_drain,
-            "baseline": cmd_baseline}
+            "drain_all": cmd_drain_all, "baseline": cmd_baseline}
 
 
 def main() -> None:

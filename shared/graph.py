@@ -34,6 +34,7 @@ from msgraph.generated.users.users_request_builder import UsersRequestBuilder
 from msgraph_core import GraphClientFactory
 
 from .credentials import CachingCredential, scope_for
+from .pacing import GraphTransport, Throttled, photo_gate, throttle_wait
 from .settings import Settings
 from .telemetry import CountingTransport
 
@@ -60,6 +61,10 @@ class GraphError(RuntimeError):
     """A Graph call failed in a way retrying this message may fix (5xx, throttled past retries)."""
 
 
+class GraphThrottled(GraphError, Throttled):
+    """Still throttled after the retries: the sync is scheduled again after `wait` seconds."""
+
+
 def build_graph_client(settings: Settings, credential: CachingCredential, http: httpx.AsyncClient,
                        max_retries: int = 3) -> GraphServiceClient:
     host = urlsplit(settings.graph_base_url).hostname or ""
@@ -78,9 +83,11 @@ class GraphDirectory:
     """The few Graph reads photo-sync needs, with 'not there' as a value rather than an error."""
 
     def __init__(self, settings: Settings, credential: CachingCredential) -> None:
-        # Kiota's UserAgentHandler appends its own product token after our decoration.
-        self._http = httpx.AsyncClient(timeout=httpx.Timeout(60, connect=10),
-                                       transport=CountingTransport("graph", http2=True),
+        # Photo requests are gated to the process's share of Outlook's concurrency (pacing.py);
+        # every attempt is counted (telemetry.py). Kiota's UserAgentHandler appends its own
+        # product token after our traffic decoration.
+        transport = GraphTransport(CountingTransport("graph", http2=True), photo_gate(settings))
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(60, connect=10), transport=transport,
                                        headers={"User-Agent": settings.user_agent})
         self.client = build_graph_client(settings, credential, self._http)
         self._credential = credential
@@ -237,11 +244,14 @@ class GraphDirectory:
         return None
 
 
-    async def photo_etags(self, user_ids: Sequence[str]) -> dict[str, str | None]:
+    async def photo_etags(self, user_ids: Sequence[str],
+                          on_throttled: Callable[[], None] | None = None
+                          ) -> dict[str, str | None]:
         """Photo etags of up to 20 users in one JSON $batch; None for users without a photo.
 
         Throttled items come back as 429 inside a 200 batch response and the SDK does not retry
-        them, so they are retried here after the longest Retry-After they carry.
+        them, so they are retried here after the longest Retry-After they carry; `on_throttled`
+        hears of each such answer (reconciliation slows down).
         """
         if len(user_ids) > BATCH_SIZE:
             raise ValueError(f"at most {BATCH_SIZE} users per batch")
@@ -265,9 +275,12 @@ class GraphDirectory:
                     raise GraphError(f"Graph answered {status} for a photo in a batch ({code})")
             if not throttled:
                 return etags
+            if on_throttled:
+                on_throttled()
             await asyncio.sleep(wait)
             pending = throttled
-        raise GraphError(f"{len(pending)} photo lookups still throttled after {BATCH_ATTEMPTS} tries")
+        raise GraphThrottled(f"{len(pending)} photo lookups still throttled after "
+                             f"{BATCH_ATTEMPTS} tries", wait)
 
     async def _batch(self, urls: list[str]) -> dict[str, tuple[int, dict[str, str], Any]]:
         """POST a JSON $batch of GETs through the SDK's adapter (auth, retries of the whole batch)."""
@@ -365,6 +378,10 @@ def _as_graph_error(error: ODataError, doing: str) -> GraphError:
     """Keep Graph's code and message, never request headers or tokens."""
     code = error.error.code if error.error else None
     message = error.error.message if error.error else None
+    if error.response_status_code in (429, 503):
+        return GraphThrottled(f"Graph answered {error.response_status_code} while {doing}"
+                              f"{f': {code}' if code else ''}",
+                              throttle_wait(error.response_headers or {}))
     return GraphError(f"Graph answered {error.response_status_code} while {doing}"
                       f"{f': {code}' if code else ''}{f' ({message})' if message else ''}")
 

@@ -6,16 +6,22 @@ which keeps them usable from the CLI and the local host.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
+import random
 import time
+from collections.abc import AsyncGenerator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from typing import Any
 
 from azure.core.exceptions import AzureError
 
-from . import telemetry
+from . import pacing, telemetry
 from .credentials import CachingCredential, build_credential
+from .graph import GraphDirectory
 from .notifications import (
     MalformedNotification,
     NotificationTooLarge,
@@ -24,6 +30,7 @@ from .notifications import (
     validation_token,
 )
 from .operations import health_figures, tenant_summary
+from .pacing import Throttled
 from .queue import (
     InvalidMessage,
     SyncQueue,
@@ -34,8 +41,10 @@ from .queue import (
 )
 from .reconcile import DEFAULT_TIME_BUDGET_SECONDS, ReconcileReport, reconcile
 from .settings import Settings
+from .sharepoint import SharePointProfiles
+from .state import StateStore
 from .subscriptions import SubscriptionStatus, ensure_subscription, reauthorize
-from .sync import SyncResult, UserBusy, open_context, sync_user
+from .sync import SyncContext, SyncResult, UserBusy, open_context, sync_user
 
 log = logging.getLogger("photo_sync")
 
@@ -43,6 +52,7 @@ MAX_SYNC_BODY_BYTES = 1024 * 1024
 DIRECT_NOTIFICATION_LIMIT = 20  # up to this many users per notification POST are queued directly
 NOTIFIED_CHUNK = 500  # user ids per control message (about 26 kB of the 64 kB message limit)
 MAX_USERS_PER_REQUEST = 10_000
+RESCHEDULE_JITTER = 0.1
 
 
 @functools.cache
@@ -58,21 +68,116 @@ def get_credential() -> CachingCredential:
 
 
 def reset_process_caches() -> None:
-    """Forget settings and credential (tests and the local host change settings)."""
+    """Forget settings, credential, pacers and clients (tests and the local host change
+    settings). Clients of a loop that still runs are closed by that loop when it ends."""
     get_settings.cache_clear()
     get_credential.cache_clear()
+    pacing.reset()
+    _process_clients.clear()
+
+
+# Clients for the worker's lifetime. Opening Graph, SharePoint, table and queue clients for each
+# message cost a TLS handshake per host per message (docs/benchmarks.md). Asyncio clients belong
+# to the loop they were opened on: the Functions worker runs one loop per process; tests and the
+# CLI start a loop per call. So each running loop gets its own set, closed by that loop when it
+# shuts down (asyncio.run and the worker close open async generators: `_lifetime` below).
+
+PROCESS_CLIENTS = True  # False opens clients per message, as before (bench/ compares the two)
+
+
+@dataclass
+class _Clients:
+    settings: Settings
+    context: SyncContext
+    queue: SyncQueue
+    stack: AsyncExitStack
+    lifetime: AsyncGenerator[None, None] | None = None
+
+
+_process_clients: dict[asyncio.AbstractEventLoop, asyncio.Future[_Clients]] = {}
+
+
+async def _lifetime(clients: _Clients, loop: asyncio.AbstractEventLoop
+                    ) -> AsyncGenerator[None, None]:
+    """Suspended for the loop's life; closing it (at loop shutdown, or explicitly) closes the
+    clients and forgets them."""
+    try:
+        yield
+    finally:
+        pending = _process_clients.get(loop)
+        if pending is not None and pending.done() and not pending.cancelled() and \
+                pending.exception() is None and pending.result() is clients:
+            del _process_clients[loop]
+        await clients.stack.aclose()
+
+
+async def _open_clients(settings: Settings) -> _Clients:
+    # Built like sync.open_context but without its generator: at loop shutdown the loop closes
+    # every open async generator at once, and it must not close that one under our feet.
+    credential = get_credential()
+    context = SyncContext(settings=settings, graph=GraphDirectory(settings, credential),
+                          sharepoint=SharePointProfiles.from_settings(settings, credential),
+                          state=StateStore.from_settings(settings))
+    queue = SyncQueue.from_settings(settings)
+    stack = AsyncExitStack()
+    for close in (context.graph.close, context.state.close, context.sharepoint.close, queue.close):
+        stack.push_async_callback(close)
+    clients = _Clients(settings, context, queue, stack)
+    clients.lifetime = _lifetime(clients, asyncio.get_running_loop())
+    await anext(clients.lifetime)
+    return clients
+
+
+async def process_clients() -> _Clients:
+    """This loop's clients, opened on first use (and again when the settings changed)."""
+    settings = get_settings()
+    loop = asyncio.get_running_loop()
+    pending = _process_clients.get(loop)
+    if pending is not None and pending.done():
+        stale = pending.cancelled() or pending.exception() is not None
+        if not stale and pending.result().settings is not settings:
+            old = pending.result().lifetime
+            if old is not None:
+                await old.aclose()
+            stale = True
+        if stale:
+            pending = None
+    if pending is None:
+        pending = _process_clients[loop] = asyncio.ensure_future(_open_clients(settings))
+    return await asyncio.shield(pending)
+
+
+async def close_process_clients() -> None:
+    """Close this loop's clients now (the local Functions host does when it stops)."""
+    pending = _process_clients.pop(asyncio.get_running_loop(), None)
+    if pending is not None and pending.done() and not pending.cancelled() and \
+            pending.exception() is None and pending.result().lifetime is not None:
+        await pending.result().lifetime.aclose()  # type: ignore[union-attr]
 
 
 async def handle_sync_message(body: str | bytes, dequeue_count: int = 1,
-                              message_id: str = "") -> SyncResult:
+                              message_id: str = "") -> SyncResult | None:
     """Run one queued sync. Raises InvalidMessage or transient errors so the host retries/poisons;
-    each failure is logged with the message id, so a poisoned message's reason can be found."""
+    each failure is logged with the message id, so a poisoned message's reason can be found.
+
+    A throttled sync is not a failure: it is queued again to reappear after the wait the service
+    asked for, and this message completes (None), so `maxDequeueCount` counts real failures only
+    and a long throttle during the first sync of a large tenant poisons nobody."""
     context_fields = {"message_id": message_id, "dequeue_count": dequeue_count}
+    request: SyncRequest | None = None
     with telemetry.counting() as counts:
         try:
             request = SyncRequest.from_json(body)
-            async with open_context(get_settings(), get_credential()) as context:
-                result = await sync_user(context, request)
+            if PROCESS_CLIENTS:
+                clients = await process_clients()
+                result = await sync_user(clients.context, request)
+            else:
+                async with open_context(get_settings(), get_credential()) as context:
+                    result = await sync_user(context, request)
+        except Throttled as throttled:
+            assert request is not None  # parsing a message is never throttled
+            await _reschedule(request, throttled, context_fields)
+            return None
         except UserBusy as busy:  # expected with duplicate messages: the retry is a no-op
             if dequeue_count < telemetry.max_dequeue_count():
                 log.info("%s; the queue retries this message", busy, extra=context_fields)
@@ -88,6 +193,21 @@ async def handle_sync_message(body: str | bytes, dequeue_count: int = 1,
                                               "reason": request.reason,
                                               "outcome": result.outcome.value})
     return result
+
+
+async def _reschedule(request: SyncRequest, throttled: Throttled,
+                      context_fields: dict[str, Any]) -> None:
+    """Queue the sync again, invisible for the wait plus up to 10 % more, so that a throttle's
+    end does not bring every postponed user back in the same second."""
+    delay = throttled.wait * (1 + random.random() * RESCHEDULE_JITTER)
+    if PROCESS_CLIENTS:
+        await (await process_clients()).queue.send_later(request, delay)
+    else:
+        async with SyncQueue.from_settings(get_settings()) as queue:
+            await queue.send_later(request, delay)
+    log.warning("sync throttled, scheduled again: %s", throttled,
+                extra={**context_fields, "event": "sync_rescheduled", "user_id": request.user_id,
+                       "wait_seconds": round(delay, 1)})
 
 
 async def handle_sync_request(body: bytes) -> tuple[int, dict[str, Any]]:

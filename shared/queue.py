@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4
 # '#' (guests' #EXT#) and non-ASCII letters are legal in Entra ID UPNs and must pass.
 _UPN = re.compile(r"^[^\s/\\?%\"<>|:*@]{1,113}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
 MAX_USER_KEY_LENGTH = 256
+MAX_VISIBILITY_DELAY = 7 * 24 * 3600 - 1  # Put Message: visibilitytimeout must be below 7 days
 
 
 class InvalidMessage(ValueError):
@@ -152,6 +154,14 @@ class SyncQueue:
             for task in pending:
                 task.cancel()
         return sent
+
+    async def send_later(self, request: SyncRequest, delay: float) -> None:
+        """Enqueue one request that stays invisible for `delay` seconds (Azure Storage allows up
+        to 7 days): how a throttled sync comes back after the wait the service asked for."""
+        await self.ensure_exists()
+        await self._client.send_message(request.to_json(),
+                                        visibility_timeout=min(MAX_VISIBILITY_DELAY,
+                                                               max(0, math.ceil(delay))))
 
     async def close(self) -> None:
         await self._client.close()

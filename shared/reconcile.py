@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from .graph import BATCH_SIZE, PAGE_SIZE, DirectoryUser, GraphDirectory
+from .pacing import AdaptiveLimit, batch_concurrency
 from .queue import SyncQueue, SyncRequest
 from .settings import Settings
 from .state import ReconcileCursor, SeenIndex, StateStore, utc_now
@@ -26,7 +27,6 @@ log = logging.getLogger("photo_sync.reconcile")
 
 LEASE_NAME = "reconcile"
 DEFAULT_TIME_BUDGET_SECONDS = 8 * 60  # leaves room inside the 10-minute functionTimeout
-BATCH_CONCURRENCY = 4  # Outlook-backed photo endpoints allow about 4 concurrent requests per app
 
 
 @dataclass
@@ -69,9 +69,11 @@ async def _run(settings: Settings, graph: GraphDirectory, state: StateStore, que
         cursor = ReconcileCursor(started_at=utc_now(), last_completed_at=cursor.last_completed_at)
     excluded = await graph.group_member_ids(settings.exclude_groups)
     seen = await state.seen_index() if not force else SeenIndex()
+    # one run adapts to Outlook's 429s across its pages (shared/pacing.py)
+    limit = AdaptiveLimit(batch_concurrency(settings))
     async for users, resume in _pages_in_scope(settings, graph, cursor.next_link, page_size):
         in_scope = [u for u in users if u.id not in excluded]
-        changed = in_scope if force else await _changed_users(graph, seen, in_scope)
+        changed = in_scope if force else await _changed_users(graph, seen, in_scope, limit)
         if not dry_run:
             report.queued += await queue.send(SyncRequest(u.id, "reconcile", force) for u in changed)
         else:
@@ -111,15 +113,23 @@ async def _pages_in_scope(settings: Settings, graph: GraphDirectory, resume: str
                 yield users, f"{index + 1}|" if index + 1 < len(sources) else ""
 
 
-async def _changed_users(graph: GraphDirectory, seen: SeenIndex,
-                         users: list[DirectoryUser]) -> list[DirectoryUser]:
-    """Read the page's photo etags 20 at a time ($batch), a few batches at once, and keep the
-    users whose etag differs from what photo-sync last handled."""
-    gate = asyncio.Semaphore(BATCH_CONCURRENCY)
+async def _changed_users(graph: GraphDirectory, seen: SeenIndex, users: list[DirectoryUser],
+                         limit: AdaptiveLimit) -> list[DirectoryUser]:
+    """Read the page's photo etags 20 at a time ($batch), as many batches at once as `limit`
+    allows, and keep the users whose etag differs from what photo-sync last handled."""
 
     async def check(chunk: list[DirectoryUser]) -> list[DirectoryUser]:
-        async with gate:
-            etags = await graph.photo_etags([u.id for u in chunk])
+        async with limit:
+            throttled = False
+
+            def note() -> None:
+                nonlocal throttled
+                throttled = True
+                limit.throttled()
+
+            etags = await graph.photo_etags([u.id for u in chunk], on_throttled=note)
+            if not throttled:
+                limit.succeeded()
         return [u for u in chunk if seen.needs_sync(u.id, etags.get(u.id))]
 
     chunks = [users[i:i + BATCH_SIZE] for i in range(0, len(users), BATCH_SIZE)]

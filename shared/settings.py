@@ -18,6 +18,11 @@ PHOTOS_LIBRARY = "User Photos"  # the library's URL; the folder inside it follow
 THUMBNAIL_NAMINGS = ("object-id", "upn")
 DEFAULT_THUMBNAIL_SIZES = (48, 72, 200)
 DEFAULT_RECONCILE_SCHEDULE = "0 0 */6 * * *"
+# SharePoint Online's per-app budget for the smallest tenants (0-1,000 licences); 2,500 / 3,750 /
+# 5,000 / 6,250 above (SharePoint/sp-dev-docs, how-to-avoid-getting-throttled-or-blocked-...).
+DEFAULT_SHAREPOINT_RU_PER_MINUTE = 1250
+# Outlook serves Graph photos: "up to 4 concurrent requests" per app (Graph throttling-limits page).
+DEFAULT_GRAPH_PHOTO_CONCURRENCY = 4
 
 # Azure Storage queue names: 3-63 chars, lowercase letters, digits and single hyphens.
 _QUEUE_NAME = re.compile(r"^(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*$")
@@ -73,6 +78,9 @@ class Settings:
     exclude_groups: tuple[str, ...] = ()
     thumbnail_naming: str = "object-id"
     organisation: str = "photo-sync"
+    sharepoint_ru_per_minute: int = DEFAULT_SHAREPOINT_RU_PER_MINUTE
+    max_instances: int = 1
+    graph_photo_concurrency: int = DEFAULT_GRAPH_PHOTO_CONCURRENCY
 
     @property
     def poison_queue_name(self) -> str:
@@ -177,6 +185,11 @@ class Settings:
             exclude_groups=reader.id_list("SYNC_EXCLUDE_GROUPS"),
             thumbnail_naming=naming,
             organisation=organisation,
+            sharepoint_ru_per_minute=reader.positive_int("SHAREPOINT_RU_PER_MINUTE",
+                                                         DEFAULT_SHAREPOINT_RU_PER_MINUTE),
+            max_instances=reader.positive_int("PHOTO_SYNC_MAX_INSTANCES", 1),
+            graph_photo_concurrency=reader.positive_int("GRAPH_PHOTO_CONCURRENCY",
+                                                        DEFAULT_GRAPH_PHOTO_CONCURRENCY),
         )
         if reader.problems:
             raise SettingsError(reader.problems)

@@ -23,6 +23,7 @@ from kiota_http.middleware import RetryHandler
 from kiota_http.middleware.options import RetryHandlerOption
 
 from .credentials import CachingCredential, scope_for
+from .pacing import PacedTransport, SharePointPacer, Throttled, sharepoint_pacer, throttle_wait
 from .settings import PHOTOS_LIBRARY, Settings
 from .telemetry import CountingTransport
 
@@ -41,6 +42,10 @@ _APP_ONLY_REFUSAL = "managing your own data or have administrator privileges"
 
 class SharePointError(RuntimeError):
     """A SharePoint call failed in a way a later retry may fix."""
+
+
+class SharePointThrottled(SharePointError, Throttled):
+    """Still throttled after the retries: the sync is scheduled again after `wait` seconds."""
 
 
 class ProfileWriteRefused(RuntimeError):
@@ -126,11 +131,15 @@ class BearerAuth(httpx.Auth):
             yield request
 
 
-def build_http_client(credential: CachingCredential, user_agent: str,
-                      max_retries: int = 3) -> httpx.AsyncClient:
+def build_http_client(credential: CachingCredential, user_agent: str, max_retries: int = 3,
+                      pacer: SharePointPacer | None = None) -> httpx.AsyncClient:
+    """Kiota's RetryHandler over the pacer (shared/pacing.py), which sees every attempt, over the
+    transport that counts them (shared/telemetry.py)."""
+    wire = CountingTransport("sharepoint", http2=True)
+    transport = PacedTransport(wire, pacer) if pacer else wire
     client = httpx.AsyncClient(auth=BearerAuth(credential), timeout=httpx.Timeout(60, connect=10),
-                               transport=CountingTransport("sharepoint", http2=True),
-                               headers={"Accept": JSON, "User-Agent": user_agent})
+                               headers={"Accept": JSON, "User-Agent": user_agent},
+                               transport=transport)
     retry = RetryHandler(RetryHandlerOption(max_retries=max_retries))
     return KiotaClientFactory.create_with_custom_middleware([retry], client=client)
 
@@ -152,8 +161,9 @@ class SharePointProfiles:
 
     @classmethod
     def from_settings(cls, settings: Settings, credential: CachingCredential) -> SharePointProfiles:
-        return cls(build_http_client(credential, settings.user_agent), settings.mysite_url,
-                   settings.admin_url, settings.photos_folder)
+        return cls(build_http_client(credential, settings.user_agent,
+                                     pacer=sharepoint_pacer(settings)),
+                   settings.mysite_url, settings.admin_url, settings.photos_folder)
 
     # The photos folder: its name follows the My Site language ("Profilbilder" in German, pnp/PnP
     # #1419), so it is learned from a linked profile's PictureURL, else read from the library.
@@ -293,4 +303,7 @@ def _error_text(response: httpx.Response) -> str:
 def _raise_for_status(response: httpx.Response, doing: str) -> None:
     if response.is_success:
         return
+    if response.status_code in (429, 503):
+        raise SharePointThrottled(f"{_error_text(response)} while {doing}",
+                                  throttle_wait(response.headers))
     raise SharePointError(f"{_error_text(response)} while {doing}")

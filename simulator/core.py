@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .budgets import Budgets
 from .images import Blob, PhotoSpec, render
 from .notify import Delivery, Notifier
 from .tenant import Tenant, User
@@ -188,6 +189,7 @@ class TenantSimulator:
         self._subs: dict[str, Subscription] = {}
         self._faults: list[Fault] = []
         self._counters: dict[str, Counter[str]] = {h: Counter() for h in HOSTS}
+        self.budgets = Budgets(self)  # throttling budgets, off unless turned on (simulator/budgets.py)
         self._revoked_before = float("-inf")
         self._claims_cache: dict[str, dict[str, Any] | None] = {}
         self._deliveries: list[Delivery] = []
@@ -403,6 +405,11 @@ class TenantSimulator:
                     if seeded is not None:
                         found.setdefault(seeded.name, seeded)
         return found
+
+    def written_files(self) -> dict[str, FileInfo]:
+        """Only the files a client wrote (cheap at 100,000 users: no seeded trio is made)."""
+        with self._lock:
+            return {f.name: f for f in self._files.values()}
 
     def get_file(self, server_relative_url: str) -> FileInfo | None:
         """File by server-relative URL (case-insensitive)."""
@@ -724,12 +731,15 @@ class TenantSimulator:
         router = graph.route if host == "graph" else sharepoint.route_mysite if host == "mysite" else sharepoint.route_admin
         kind, handler = router(self, req)
         self.count(host, kind)
+        admission = self.budgets.admit(host, kind, req)
+        if admission.refused is not None:
+            return admission.refused
         fault = self.take_fault(host, _decoded_target(req), False)
         if fault is not None:
             self.count(host, "faulted")
             return fault_response(host, fault)
         try:
-            return handler()
+            return admission.run(handler)
         except Exception as exc:  # noqa: BLE001 - surface as a 500, keep serving
             self.count(host, "errors")
             if host == "graph":

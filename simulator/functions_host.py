@@ -3,7 +3,9 @@
 It reads the trigger metadata that function_app.py declares, serves the HTTP routes on loopback with
 real `azure.functions.HttpRequest` objects (checking function keys like the host does), and runs a
 queue worker that polls Azurite, decodes base64, retries with the host.json visibility timeout and
-moves a message to `<queue>-poison` after `maxDequeueCount`, as the Functions host would.
+moves a message to `<queue>-poison` after `maxDequeueCount`, as the Functions host would. A message
+sent with a visibility delay (a throttled sync scheduled again) is only received once the delay is
+over: Azurite, like Azure Storage, keeps it invisible until then.
 """
 
 from __future__ import annotations
@@ -288,3 +290,7 @@ class LocalFunctionsHost:
         finally:
             for worker in self.workers:
                 await worker.__aexit__()
+            # what the worker process does when it stops: close the clients kept for its lifetime
+            from shared.handlers import close_process_clients
+
+            await close_process_clients()

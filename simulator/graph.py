@@ -357,7 +357,8 @@ def batch(sim: "TenantSimulator", req: Request) -> Response:
     if any(not i for i in ids) or len(set(ids)) != len(ids):
         return error(400, "BadRequest", "Batch request contains missing or duplicate request ids.")
     sim.count("graph", "batch.items", len(items))
-    responses = [_batch_item(sim, req, it) for it in items]
+    responses = sim.budgets.run_batch(req.claims, items, lambda it: _batch_item(sim, req, it),
+                                      lambda it, refused: _item_json(str(it["id"]), refused))
     responses.reverse()
     return json_response(200, {"responses": responses})
 

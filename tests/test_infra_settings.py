@@ -32,6 +32,11 @@ NOT_SET_IN_AZURE = {
                            "replace the connection string",
     "AZURE_CLIENT_CERTIFICATE_PATH": "only for PHOTO_SYNC_CREDENTIAL=certificate; the app uses its "
                                      "managed identity",
+    # Scale branch (issue 11): the defaults fit the smallest tenant on one instance; the deploy
+    # branch (issue 12) sets these from the Bicep. Remove these three lines when it does.
+    "SHAREPOINT_RU_PER_MINUTE": "default 1250 until the Bicep sets it (issue 12)",
+    "PHOTO_SYNC_MAX_INSTANCES": "default 1 until the Bicep sets it (issue 12)",
+    "GRAPH_PHOTO_CONCURRENCY": "default 4 until the Bicep sets it (issue 12)",
 }
 # Settings fixed by the contract between the parallel branches (/work/briefs/contract.md): the
 # template sets them under these names; the code reading them may land from another branch later,

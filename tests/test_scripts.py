@@ -4,7 +4,6 @@ tenant in a JSON file, tests/standins/az.py), the azd hook, and shellcheck over 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys

@@ -16,8 +16,10 @@ import function_app
 from shared.handlers import get_settings, reset_process_caches
 from shared.state import StateStore, UserState
 from simulator.core import TenantSimulator
+from simulator.functions_host import QueueWorker
 from simulator.images import PhotoSpec
 from simulator.tenant import User
+from tests.test_http_triggers import queued
 
 pytestmark = pytest.mark.usefixtures("app_env")
 
@@ -223,16 +225,23 @@ def test_throttled_graph_and_sharepoint_are_retried_after_retry_after(sim: Tenan
     assert set(thumbnails(sim, user)) == {"S", "M", "L"}
 
 
-def test_persistent_throttling_fails_the_message_so_the_queue_retries(sim: TenantSimulator) -> None:
+def test_persistent_throttling_schedules_the_sync_again_after_the_wait(
+        sim: TenantSimulator, app_env: dict[str, str]) -> None:
     user = user_with(sim, "jpeg")
     deliver(user.id)  # first sync works
     sim.set_photo(user.id, PhotoSpec(kind="jpeg", width=300, height=300, color="#00ff00"))
     sim.inject_fault(host="mysite", status=429, retry_after=1, count=10)
-    with pytest.raises(Exception, match="429"):
-        deliver(user.id)
-    assert state_of(user).outcome == "updated"  # nothing recorded: the retry will do the work
+    deliver(user.id)  # throttled past the retries: the message completes, it does not fail
+    assert state_of(user).outcome == "updated"  # nothing recorded: the next delivery does the work
+    assert queued(app_env) == []  # the new message stays invisible for the Retry-After
     sim.clear_faults()
-    deliver(user.id, dequeue_count=2)
+
+    async def drain() -> int:
+        async with QueueWorker(function_app.app, app_env["AzureWebJobsStorage"],
+                               "sync_photo") as worker:
+            return await worker.drain(idle_rounds=20, poll_interval=0.2)
+
+    assert asyncio.run(drain()) == 1  # it came back once the wait was over
     assert thumbnails(sim, user)["L"].getpixel((5, 195))[1] > 200
 
 
