@@ -619,11 +619,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="longest any one measured step may take, in seconds (default 900)")
     parser.add_argument("--profile", action="store_true",
                         help="cProfile the steady-state reconcile into .run/bench-reconcile-N.prof")
-    parser.add_argument("--initial-sync-users", type=int, default=10_000,
-                        help="tenant size of the initial-sync scenario (0 skips it; default 10000)")
-    parser.add_argument("--initial-sync-ru-per-minute", type=int, default=6_000,
-                        help="SharePoint budget of the initial sync, scaled up from a real "
-                             "tenant's 1,250-6,250 so the run takes minutes (default 6000)")
+    parser.add_argument("--initial-sync-users", type=int, default=1_000,
+                        help="tenant size of the initial-sync scenario (0 skips it; default 1000)")
+    parser.add_argument("--initial-sync-ru-per-minute", type=int, default=1_250,
+                        help="SharePoint budget of the initial sync (default 1250: what a tenant "
+                             "of up to 1,000 licences really gets, so the run takes minutes)")
     parser.add_argument("--outlook-service-ms", type=float, default=10,
                         help="Outlook's time per photo request in the reconcile-under-Outlook-"
                              "limits scenario (default 10)")

@@ -208,15 +208,13 @@ class GraphDirectory:
 
         Graph answers 'no photo' either with 404 ImageNotFound or with a 1x1 entry without an etag.
         """
-        try:
-            photo = await self._call(lambda: self.client.users.by_user_id(user_id).photo.get())
-        except ODataError as error:
-            if error.response_status_code == 404:
-                return None
-            raise _as_graph_error(error, "reading the photo metadata") from None
-        if photo is None or photo.id == "1x1":
+        # parsed as JSON (_get_json): the typed ProfilePhoto model cost about 20 ms of CPU per user
+        builder = self.client.users.by_user_id(user_id).photo
+        photo = await self._get_json(builder.to_get_request_information,
+                                     "reading the photo metadata")
+        if not photo or photo.get("id") == "1x1":
             return None
-        etag = (photo.additional_data or {}).get("@odata.mediaEtag")
+        etag = photo.get("@odata.mediaEtag")
         return str(etag) if etag else None
 
     async def get_photo_bytes(self, user_id: str) -> bytes | None:

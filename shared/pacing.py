@@ -287,8 +287,10 @@ class AdaptiveLimit:
 
 
 def batch_concurrency(settings: Settings) -> int:
-    """$batch requests reconciliation may keep in flight: Outlook runs 4 items of each at once."""
-    return max(1, settings.graph_photo_concurrency // OUTLOOK_BATCH_PARALLELISM)
+    """$batch requests reconciliation may have under way: Outlook runs 4 items of each at once,
+    so GRAPH_PHOTO_CONCURRENCY / 4 of them, plus one being prepared and parsed while the others
+    hold the PhotoGate's slots (it waits at the gate, so Outlook never sees more)."""
+    return max(1, settings.graph_photo_concurrency // OUTLOOK_BATCH_PARALLELISM) + 1
 
 
 @functools.cache
