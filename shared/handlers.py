@@ -20,6 +20,7 @@ from azure.core.exceptions import AzureError
 
 from . import pacing
 from .credentials import CachingCredential, build_credential
+from .graph import GraphDirectory
 from .notifications import (
     MalformedNotification,
     NotificationTooLarge,
@@ -38,7 +39,6 @@ from .queue import (
     queue_client,
 )
 from .reconcile import DEFAULT_TIME_BUDGET_SECONDS, ReconcileReport, reconcile
-from .graph import GraphDirectory
 from .settings import Settings
 from .sharepoint import SharePointProfiles
 from .state import StateStore

@@ -200,3 +200,21 @@ def test_requests_are_counted_per_sync(big_tenant: TenantSimulator) -> None:
     assert counts == {"graph": 3, "sharepoint": 4}  # user, photo meta, photo; 3 uploads, profile
     assert big_tenant.get_file(f"{big_tenant.folder_path}/"
                                f"{account_slug(user.userPrincipalName)}_LThumb.jpg")
+
+
+def test_a_graph_throttle_longer_than_a_sync_waits_reschedules_the_user(
+        sim: TenantSimulator, app_env: dict[str, str]) -> None:
+    """Outlook answers 429 with Retry-After: 30 for the photo: the message completes, the user is
+    queued again invisible for those 30 s, and no SharePoint request was made meanwhile."""
+    from azure.storage.queue import QueueClient
+
+    from tests.test_sync import deliver, user_with
+
+    user = user_with(sim, "jpeg")
+    sim.inject_fault(host="graph", status=429, retry_after=30, count=1, path_contains="/photo")
+    deliver(user.id)  # does not raise: throttling is not a failure
+    queue = QueueClient.from_connection_string(app_env["AzureWebJobsStorage"],
+                                               app_env["PHOTO_SYNC_QUEUE"])
+    assert queue.get_queue_properties().approximate_message_count == 1  # the user, later
+    assert list(queue.peek_messages()) == []  # invisible for now
+    assert sum(sim.requests["mysite"].values()) == 0
