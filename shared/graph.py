@@ -60,7 +60,8 @@ class GraphError(RuntimeError):
 
 
 class GraphThrottled(GraphError, Throttled):
-    """Still throttled after the retries: the sync is scheduled again after `wait` seconds."""
+    """Throttled past the retries, or asked to wait longer than a sync waits in place: the
+    queue function schedules the sync again after `wait` seconds."""
 
 
 def build_graph_client(settings: Settings, credential: CachingCredential, http: httpx.AsyncClient,
@@ -82,7 +83,8 @@ class GraphDirectory:
 
     def __init__(self, settings: Settings, credential: CachingCredential) -> None:
         # photo requests are gated to the process's share of Outlook's concurrency (pacing.py)
-        transport = GraphTransport(httpx.AsyncHTTPTransport(http2=True), photo_gate(settings))
+        transport = GraphTransport(httpx.AsyncHTTPTransport(http2=True), photo_gate(settings),
+                                   GraphThrottled)
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(60, connect=10), http2=True,
                                        transport=transport)
         self.client = build_graph_client(settings, credential, self._http)

@@ -165,12 +165,17 @@ class SharePointPacer:
 class PacedTransport(httpx.AsyncBaseTransport):
     """The httpx transport under Kiota's RetryHandler: every attempt, retries included, is paced."""
 
-    def __init__(self, inner: httpx.AsyncBaseTransport, pacer: SharePointPacer) -> None:
+    def __init__(self, inner: httpx.AsyncBaseTransport, pacer: SharePointPacer,
+                 error: type[Throttled] = Throttled) -> None:
         self._inner = inner
         self._pacer = pacer
+        self._error = error  # the client's own kind of Throttled, so callers catch one family
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        await self._pacer.before()
+        try:
+            await self._pacer.before()
+        except Throttled as throttled:
+            raise self._error(str(throttled), throttled.wait) from None
         _count("sharepoint")
         try:
             response = await self._inner.handle_async_request(request)
@@ -179,8 +184,8 @@ class PacedTransport(httpx.AsyncBaseTransport):
         wait = self._pacer.after(response)
         if wait is not None and wait > INLINE_WAIT_SECONDS:
             await response.aclose()
-            raise Throttled(f"SharePoint answered {response.status_code} and asked for "
-                            f"{wait:.0f} s", wait)
+            raise self._error(f"SharePoint answered {response.status_code} and asked for "
+                              f"{wait:.0f} s", wait)
         return response
 
     async def aclose(self) -> None:
@@ -219,14 +224,19 @@ class GraphTransport(httpx.AsyncBaseTransport):
     """Under msgraph's middleware: photo requests take PhotoGate slots; a 429 asking for more
     than a sync waits raises Throttled; every attempt is counted."""
 
-    def __init__(self, inner: httpx.AsyncBaseTransport, gate: PhotoGate) -> None:
+    def __init__(self, inner: httpx.AsyncBaseTransport, gate: PhotoGate,
+                 error: type[Throttled] = Throttled) -> None:
         self._inner = inner
         self._gate = gate
+        self._error = error
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
         if path.endswith("/$batch"):
-            photos = request.content.count(b"/photo")
+            try:
+                photos = request.content.count(b"/photo")
+            except httpx.RequestNotRead:  # a streamed body: assume the worst
+                photos = OUTLOOK_BATCH_PARALLELISM
             slots = min(photos, OUTLOOK_BATCH_PARALLELISM)
         else:
             slots = 1 if "/photo" in path else 0
@@ -241,8 +251,8 @@ class GraphTransport(httpx.AsyncBaseTransport):
             wait = _retry_after(response.headers.get("Retry-After")) or 0.0
             if wait > INLINE_WAIT_SECONDS:
                 await response.aclose()
-                raise Throttled(f"Graph answered {response.status_code} and asked for "
-                                f"{wait:.0f} s", wait)
+                raise self._error(f"Graph answered {response.status_code} and asked for "
+                                  f"{wait:.0f} s", wait)
         return response
 
     async def aclose(self) -> None:

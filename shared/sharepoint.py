@@ -34,7 +34,8 @@ class SharePointError(RuntimeError):
 
 
 class SharePointThrottled(SharePointError, Throttled):
-    """Still throttled after the retries: the sync is scheduled again after `wait` seconds."""
+    """Throttled past the retries, or asked to wait longer than a sync waits in place: the
+    queue function schedules the sync again after `wait` seconds."""
 
 
 class ProfileWriteRefused(RuntimeError):
@@ -87,7 +88,8 @@ class BearerAuth(httpx.Auth):
 def build_http_client(credential: CachingCredential, max_retries: int = 3,
                       pacer: SharePointPacer | None = None) -> httpx.AsyncClient:
     """Kiota's RetryHandler over the pacer (shared/pacing.py), which sees every attempt."""
-    transport = PacedTransport(httpx.AsyncHTTPTransport(http2=True), pacer) if pacer else None
+    transport = PacedTransport(httpx.AsyncHTTPTransport(http2=True), pacer,
+                               SharePointThrottled) if pacer else None
     client = httpx.AsyncClient(auth=BearerAuth(credential), timeout=httpx.Timeout(60, connect=10),
                                http2=True, headers={"Accept": JSON}, transport=transport)
     retry = RetryHandler(RetryHandlerOption(max_retries=max_retries))
