@@ -140,12 +140,17 @@ class SharePointPacer:
 class PacedTransport(httpx.AsyncBaseTransport):
     """The httpx transport under Kiota's RetryHandler: every attempt, retries included, is paced."""
 
-    def __init__(self, inner: httpx.AsyncBaseTransport, pacer: SharePointPacer) -> None:
+    def __init__(self, inner: httpx.AsyncBaseTransport, pacer: SharePointPacer,
+                 error: type[Throttled] = Throttled) -> None:
         self._inner = inner
         self._pacer = pacer
+        self._error = error  # the client's own kind of Throttled, so callers catch one family
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        await self._pacer.before()
+        try:
+            await self._pacer.before()
+        except Throttled as throttled:
+            raise self._error(str(throttled), throttled.wait) from None
         try:
             response = await self._inner.handle_async_request(request)
         finally:
@@ -153,8 +158,8 @@ class PacedTransport(httpx.AsyncBaseTransport):
         wait = self._pacer.after(response)
         if wait is not None and wait > INLINE_WAIT_SECONDS:
             await response.aclose()
-            raise Throttled(f"SharePoint answered {response.status_code} and asked for "
-                            f"{wait:.0f} s", wait)
+            raise self._error(f"SharePoint answered {response.status_code} and asked for "
+                              f"{wait:.0f} s", wait)
         return response
 
     async def aclose(self) -> None:
@@ -193,14 +198,19 @@ class GraphTransport(httpx.AsyncBaseTransport):
     """Under msgraph's middleware: photo requests take PhotoGate slots; a 429 asking for more
     than a sync waits raises Throttled; every attempt is counted."""
 
-    def __init__(self, inner: httpx.AsyncBaseTransport, gate: PhotoGate) -> None:
+    def __init__(self, inner: httpx.AsyncBaseTransport, gate: PhotoGate,
+                 error: type[Throttled] = Throttled) -> None:
         self._inner = inner
         self._gate = gate
+        self._error = error
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
         if path.endswith("/$batch"):
-            photos = request.content.count(b"/photo")
+            try:
+                photos = request.content.count(b"/photo")
+            except httpx.RequestNotRead:  # a streamed body: assume the worst
+                photos = OUTLOOK_BATCH_PARALLELISM
             slots = min(photos, OUTLOOK_BATCH_PARALLELISM)
         else:
             slots = 1 if "/photo" in path else 0
@@ -214,8 +224,8 @@ class GraphTransport(httpx.AsyncBaseTransport):
             wait = _retry_after(response.headers.get("Retry-After")) or 0.0
             if wait > INLINE_WAIT_SECONDS:
                 await response.aclose()
-                raise Throttled(f"Graph answered {response.status_code} and asked for "
-                                f"{wait:.0f} s", wait)
+                raise self._error(f"Graph answered {response.status_code} and asked for "
+                                  f"{wait:.0f} s", wait)
         return response
 
     async def aclose(self) -> None:
@@ -260,8 +270,10 @@ class AdaptiveLimit:
 
 
 def batch_concurrency(settings: Settings) -> int:
-    """$batch requests reconciliation may keep in flight: Outlook runs 4 items of each at once."""
-    return max(1, settings.graph_photo_concurrency // OUTLOOK_BATCH_PARALLELISM)
+    """$batch requests reconciliation may have under way: Outlook runs 4 items of each at once,
+    so GRAPH_PHOTO_CONCURRENCY / 4 of them, plus one being prepared and parsed while the others
+    hold the PhotoGate's slots (it waits at the gate, so Outlook never sees more)."""
+    return max(1, settings.graph_photo_concurrency // OUTLOOK_BATCH_PARALLELISM) + 1
 
 
 @functools.cache

@@ -45,7 +45,8 @@ class SharePointError(RuntimeError):
 
 
 class SharePointThrottled(SharePointError, Throttled):
-    """Still throttled after the retries: the sync is scheduled again after `wait` seconds."""
+    """Throttled past the retries, or asked to wait longer than a sync waits in place: the
+    queue function schedules the sync again after `wait` seconds."""
 
 
 class ProfileWriteRefused(RuntimeError):
@@ -136,7 +137,7 @@ def build_http_client(credential: CachingCredential, user_agent: str, max_retrie
     """Kiota's RetryHandler over the pacer (shared/pacing.py), which sees every attempt, over the
     transport that counts them (shared/telemetry.py)."""
     wire = CountingTransport("sharepoint", http2=True)
-    transport = PacedTransport(wire, pacer) if pacer else wire
+    transport = PacedTransport(wire, pacer, SharePointThrottled) if pacer else wire
     client = httpx.AsyncClient(auth=BearerAuth(credential), timeout=httpx.Timeout(60, connect=10),
                                headers={"Accept": JSON, "User-Agent": user_agent},
                                transport=transport)

@@ -183,3 +183,21 @@ def test_reconciliation_adapts_to_outlook_limits_and_misses_nobody(
 def test_throttle_wait_is_the_larger_of_retry_after_and_ratelimit_reset() -> None:
     assert pacing.throttle_wait({"Retry-After": "9", "RateLimit-Reset": "31"}) == 31
     assert pacing.throttle_wait({"retry-after": "40", "ratelimit-reset": "31"}) == 40
+
+
+def test_a_graph_throttle_longer_than_a_sync_waits_reschedules_the_user(
+        sim: TenantSimulator, app_env: dict[str, str]) -> None:
+    """Outlook answers 429 with Retry-After: 30 for the photo: the message completes, the user is
+    queued again invisible for those 30 s, and no SharePoint request was made meanwhile."""
+    from azure.storage.queue import QueueClient
+
+    from tests.test_sync import deliver, user_with
+
+    user = user_with(sim, "jpeg")
+    sim.inject_fault(host="graph", status=429, retry_after=30, count=1, path_contains="/photo")
+    deliver(user.id)  # does not raise: throttling is not a failure
+    queue = QueueClient.from_connection_string(app_env["AzureWebJobsStorage"],
+                                               app_env["PHOTO_SYNC_QUEUE"])
+    assert queue.get_queue_properties().approximate_message_count == 1  # the user, later
+    assert list(queue.peek_messages()) == []  # invisible for now
+    assert sum(sim.requests["mysite"].values()) == 0
