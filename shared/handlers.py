@@ -176,7 +176,7 @@ async def handle_sync_message(body: str | bytes, dequeue_count: int = 1,
                     result = await sync_user(context, request)
         except Throttled as throttled:
             assert request is not None  # parsing a message is never throttled
-            await _reschedule(request, throttled, context_fields)
+            await _reschedule(request, throttled, message_id, counts)
             return None
         except UserBusy as busy:  # expected with duplicate messages: the retry is a no-op
             if dequeue_count < telemetry.max_dequeue_count():
@@ -195,8 +195,8 @@ async def handle_sync_message(body: str | bytes, dequeue_count: int = 1,
     return result
 
 
-async def _reschedule(request: SyncRequest, throttled: Throttled,
-                      context_fields: dict[str, Any]) -> None:
+async def _reschedule(request: SyncRequest, throttled: Throttled, message_id: str,
+                      counts: telemetry.RequestCounts) -> None:
     """Queue the sync again, invisible for the wait plus up to 10 % more, so that a throttle's
     end does not bring every postponed user back in the same second."""
     delay = throttled.wait * (1 + random.random() * RESCHEDULE_JITTER)
@@ -205,9 +205,7 @@ async def _reschedule(request: SyncRequest, throttled: Throttled,
     else:
         async with SyncQueue.from_settings(get_settings()) as queue:
             await queue.send_later(request, delay)
-    log.warning("sync throttled, scheduled again: %s", throttled,
-                extra={**context_fields, "event": "sync_rescheduled", "user_id": request.user_id,
-                       "wait_seconds": round(delay, 1)})
+    telemetry.log_sync_rescheduled(request.user_id, delay, message_id=message_id, counts=counts)
 
 
 async def handle_sync_request(body: bytes) -> tuple[int, dict[str, Any]]:

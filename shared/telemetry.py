@@ -121,6 +121,7 @@ def max_dequeue_count() -> int:
 
 SYNC_FINISHED = "sync finished"
 SYNC_FAILED = "sync message failed"
+SYNC_RESCHEDULED = "sync rescheduled"
 RECONCILE_FINISHED = "reconcile finished"
 HEALTH = "photo-sync health"
 
@@ -144,6 +145,16 @@ def log_sync_error(error: BaseException, *, message_id: str, dequeue_count: int,
     if counts is not None:
         extra.update(counts.fields())
     log.log(logging.ERROR if final else logging.WARNING, SYNC_FAILED, extra=extra)
+
+
+def log_sync_rescheduled(user_id: str, wait_seconds: float, *, message_id: str,
+                         counts: RequestCounts | None = None) -> None:
+    """One record per sync a service throttled past a short wait: queued again for after it."""
+    extra: dict[str, Any] = {"event": "sync_rescheduled", "user_id": user_id,
+                             "message_id": message_id, "wait_seconds": round(wait_seconds, 1)}
+    if counts is not None:
+        extra.update(counts.fields())
+    log.warning(SYNC_RESCHEDULED, extra=extra)
 
 
 def log_reconcile(*, complete: bool, scanned: int, queued: int, duration_ms: int,
