@@ -365,7 +365,7 @@ async def _replay_command(args: argparse.Namespace) -> int:
 
 async def _print_states(rows: AsyncIterator[UserState], limit: int) -> None:
     """One line per user, cut to the terminal's width (80 columns too) with an ellipsis."""
-    lines = []
+    lines: list[tuple[str, ...]] = []
     more = 0
     async for row in rows:
         if len(lines) >= limit:
