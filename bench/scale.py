@@ -1,8 +1,8 @@
 """Issue 11's scenarios: photo-sync at the services' throttling budgets, not at their latency.
 
 - initial sync: every user is new, SharePoint's resource-unit budget is on (simulator/budgets.py)
-  and scaled up so the run takes minutes, not the hours a real tenant needs; figures against the
-  budget's theoretical maximum, throttled share, poisoned messages, users synced;
+  at a small tenant's real figure, so the run takes minutes; figures against the budget's
+  theoretical maximum, throttled share, poisoned messages, users synced;
 - reconcile under Outlook limits: 4 photo requests in flight per app; time against the
   theoretical minimum for that concurrency and Outlook's service time, and no changed user missed;
 - queue drain before/after clients live as long as the worker (issue 11 point 4), side by side.
@@ -24,7 +24,9 @@ def count_thumbnails(sim: Any) -> int:
 
 
 def initial_sync(azurite: Any, args: argparse.Namespace, console: Any) -> dict[str, Any]:
-    """A new deployment's first sync of a tenant, inside SharePoint's per-app budget."""
+    """A new deployment's first sync of a tenant, inside SharePoint's per-app budget (the real
+    1,250 RU/min of a tenant of up to 1,000 licences by default: this machine syncs about 10-20
+    users/s, so a budget it cannot reach would measure the machine, not the pacing)."""
     from bench.run import Worker, sharepoint_requests
     from simulator.app_settings import local_app_settings
     from simulator.core import TenantSimulator
@@ -44,7 +46,7 @@ def initial_sync(azurite: Any, args: argparse.Namespace, console: Any) -> dict[s
         queued = worker.call("reconcile")["report"]["queued"]  # empty state: everyone is new
         sim.budgets.enable_sharepoint(ru_per_minute=budget)
         sim.reset_counters()
-        console.log(f"initial sync: {queued:,} of {n:,} users queued; draining at "
+        console.log(f"first sync of a new tenant: {queued:,} of {n:,} users queued; draining at "
                     f"{budget:,} RU/min (about {budget / 60 / RU_PER_SYNCED_USER:.0f} users/s)")
         drained = worker.call("drain_all")
     finally:
@@ -180,7 +182,7 @@ def print_initial_sync(initial: dict[str, Any], console: Any) -> None:
     from bench.run import fmt, verdict
 
     table = Table(title=f"Initial sync of {initial['users']:,} users inside SharePoint's "
-                        f"budget ({initial['ru_per_minute']:,} RU/min, scaled)")
+                        f"budget ({initial['ru_per_minute']:,} RU/min)")
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_column("goal")

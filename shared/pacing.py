@@ -102,11 +102,10 @@ class SharePointPacer:
 
     async def before(self, cost: float = RU_PER_REQUEST) -> None:
         """Wait for this request's turn; Throttled when that is further away than a sync waits."""
-        wait = self.quiet_for()
-        if wait > INLINE_WAIT_SECONDS:
-            self.stats["rescheduled"] += 1
-            raise Throttled(f"SharePoint asked photo-sync to wait {wait:.0f} s", wait)
-        if wait > 0:
+        while (wait := self.quiet_for()) > 0:  # again after the sleep: a 429 may have extended it
+            if wait > INLINE_WAIT_SECONDS:
+                self.stats["rescheduled"] += 1
+                raise Throttled(f"SharePoint asked photo-sync to wait {wait:.0f} s", wait)
             await asyncio.sleep(wait)
         limiter = self._limiters.get_or_make(
             lambda: AsyncLimiter(self.capacity, self.capacity / self.ru_per_second))
