@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 import httpx
 
-from shared.sharepoint import claims_account, odata_literal, upn_stem
+from shared.sharepoint import claims_account, odata_literal, picture_timestamp, upn_stem
 from shared.thumbnails import make_thumbnails
 from simulator.tokens import mint_token
 
@@ -71,7 +71,7 @@ def run_baseline(sample: int, roots: dict[str, str], photos_folder: str,
             timings["upload"] += t3 - t2
             picture = f"{mysite}{folder}/{upn_stem(upn)}_MThumb.jpg"
             for name, value in (("PictureURL", picture), ("SPS-PicturePlaceholderState", "0"),
-                                ("SPS-PictureTimestamp", str(int(time.time())))):
+                                ("SPS-PictureTimestamp", picture_timestamp())):
                 answer = http.post(
                     f"{admin}/_api/SP.UserProfiles.PeopleManager/SetSingleValueProfileProperty",
                     json={"accountName": claims_account(upn), "propertyName": name,
