@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from simulator.app_settings import local_app_settings
 from simulator.azurite import Azurite, free_port
 from simulator.core import TenantSimulator
 from simulator.functions_host import LocalFunctionsHost
+from simulator.tenant import Tenant
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_TENANT = ROOT / "simulator" / "demo_tenant.json"
@@ -34,6 +36,23 @@ def sim() -> Iterator[TenantSimulator]:
         yield simulator
     finally:
         simulator.stop()
+
+
+@contextmanager
+def serving(tenant: Tenant, monkeypatch: pytest.MonkeyPatch,
+            azurite: Azurite) -> Iterator[TenantSimulator]:
+    """A simulator for `tenant`, with app settings pointing at it and a fresh queue and table."""
+    simulator = TenantSimulator(tenant).start()
+    suffix = uuid.uuid4().hex[:10]
+    for name, value in local_app_settings(azurite, simulator, queue=f"photo-sync-{suffix}",
+                                          table=f"state{suffix}").items():
+        monkeypatch.setenv(name, value)
+    reset_process_caches()
+    try:
+        yield simulator
+    finally:
+        simulator.stop()
+        reset_process_caches()
 
 
 @pytest.fixture

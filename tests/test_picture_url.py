@@ -23,13 +23,12 @@ import function_app
 from shared.handlers import get_settings, reset_process_caches
 from shared.sharepoint import comparable_url, picture_timestamp, same_file
 from shared.state import StateStore, UserState
-from simulator.app_settings import local_app_settings
 from simulator.azurite import Azurite
 from simulator.core import TenantSimulator
 from simulator.images import PhotoSpec
 from simulator.tenant import Tenant, User
 from simulator.tokens import mint_token
-from tests.conftest import DEMO_TENANT
+from tests.conftest import DEMO_TENANT, serving
 
 
 def deliver(user_key: str, force: bool = False) -> None:
@@ -250,17 +249,8 @@ def german_sim(monkeypatch: pytest.MonkeyPatch, azurite: Azurite) -> Iterator[Te
     """The demo tenant with a German My Site: the folder is `User Photos/Profilbilder`."""
     tenant = Tenant.load(DEMO_TENANT)
     tenant.photos_folder = "User Photos/Profilbilder"
-    simulator = TenantSimulator(tenant).start()
-    suffix = uuid.uuid4().hex[:10]
-    for name, value in local_app_settings(azurite, simulator, queue=f"photo-sync-{suffix}",
-                                          table=f"state{suffix}").items():
-        monkeypatch.setenv(name, value)
-    reset_process_caches()
-    try:
-        yield simulator
-    finally:
-        simulator.stop()
-        reset_process_caches()
+    with serving(tenant, monkeypatch, azurite) as sim:
+        yield sim
 
 
 def test_the_localised_folder_is_learned_from_linked_profiles(german_sim: TenantSimulator) -> None:

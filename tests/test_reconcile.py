@@ -17,29 +17,18 @@ from shared.handlers import get_credential, get_settings, reset_process_caches
 from shared.queue import SyncQueue
 from shared.reconcile import ReconcileReport, reconcile
 from shared.state import StateStore, UserState
-from simulator.app_settings import local_app_settings
 from simulator.azurite import Azurite
 from simulator.core import TenantSimulator
 from simulator.images import PhotoSpec
 from simulator.tenant import make_tenant
+from tests.conftest import serving
 
 
 @pytest.fixture
 def big_sim(monkeypatch: pytest.MonkeyPatch, azurite: Azurite) -> Iterator[TenantSimulator]:
     """130 users, 80 % with a photo: with pages of 50, three pages and several batches."""
-    sim = TenantSimulator(make_tenant(130, photo_share=4)).start()
-    import uuid
-
-    suffix = uuid.uuid4().hex[:8]
-    for name, value in local_app_settings(azurite, sim, queue=f"rec-{suffix}",
-                                          table=f"rec{suffix}").items():
-        monkeypatch.setenv(name, value)
-    reset_process_caches()
-    try:
+    with serving(make_tenant(130, photo_share=4), monkeypatch, azurite) as sim:
         yield sim
-    finally:
-        sim.stop()
-        reset_process_caches()
 
 
 def run_reconcile(**options: Any) -> ReconcileReport:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Iterator
 
 import httpx
@@ -19,12 +18,12 @@ import function_app
 from shared import pacing
 from shared.handlers import get_settings, reset_process_caches, run_reconcile
 from shared.queue import SyncQueue, SyncRequest
-from simulator.app_settings import local_app_settings
 from simulator.azurite import Azurite
 from simulator.core import TenantSimulator
 from simulator.functions_host import QueueWorker
 from simulator.tenant import make_tenant
 from simulator.tokens import mint_token
+from tests.conftest import serving
 
 
 def sharepoint_get(sim: TenantSimulator, client: httpx.Client) -> httpx.Response:
@@ -86,17 +85,8 @@ def test_outlook_runs_four_photo_requests_at_once_and_throttles_the_rest_item_by
 @pytest.fixture
 def big_tenant(monkeypatch: pytest.MonkeyPatch, azurite: Azurite) -> Iterator[TenantSimulator]:
     """1,000 users, every one with a photo and a linked profile, and app settings for them."""
-    sim = TenantSimulator(make_tenant(1000, with_photo_ratio=1.0, linked_ratio=1.0)).start()
-    suffix = uuid.uuid4().hex[:10]
-    for name, value in local_app_settings(azurite, sim, queue=f"scale-{suffix}",
-                                          table=f"scale{suffix}").items():
-        monkeypatch.setenv(name, value)
-    reset_process_caches()
-    try:
+    with serving(make_tenant(1000, with_photo_ratio=1.0, linked_ratio=1.0), monkeypatch, azurite) as sim:
         yield sim
-    finally:
-        sim.stop()
-        reset_process_caches()
 
 
 def synced(sim: TenantSimulator) -> int:
