@@ -56,8 +56,10 @@ def cmd_warmup() -> dict[str, Any]:
     return {"rss_mb": current_rss_mb(), "max_rss_mb": max_rss_mb()}
 
 
-def cmd_reconcile(profile: str = "") -> dict[str, Any]:
-    """One reconciliation exactly as the control queue / timer runs it (shared.handlers)."""
+def cmd_reconcile(profile: str = "", until_complete: bool = False) -> dict[str, Any]:
+    """One reconciliation exactly as the control queue / timer runs it (shared.handlers);
+    `until_complete` runs the next slice while one pauses at its time budget, as the control
+    messages it leaves behind would."""
     from shared.handlers import run_reconcile
 
     profiler = None
@@ -68,11 +70,16 @@ def cmd_reconcile(profile: str = "") -> dict[str, Any]:
         profiler.enable()
     started = time.perf_counter()
     report = asyncio.run(run_reconcile())
+    slices = 1
+    while until_complete and not report.complete and not report.skipped:
+        report = asyncio.run(run_reconcile())
+        slices += 1
     elapsed = time.perf_counter() - started
     if profiler:
         profiler.disable()
         profiler.dump_stats(profile)
-    return {"elapsed": elapsed, "report": report.as_dict(), "rss_mb": current_rss_mb(),
+    return {"elapsed": elapsed, "report": report.as_dict(), "slices": slices,
+            "rss_mb": current_rss_mb(),
             "max_rss_mb": max_rss_mb()}
 
 
