@@ -32,21 +32,6 @@ NOT_SET_IN_AZURE = {
                            "replace the connection string",
     "AZURE_CLIENT_CERTIFICATE_PATH": "only for PHOTO_SYNC_CREDENTIAL=certificate; the app uses its "
                                      "managed identity",
-    # Scale branch (issue 11): the defaults fit the smallest tenant on one instance; the deploy
-    # branch (issue 12) sets these from the Bicep. Remove these three lines when it does.
-    "SHAREPOINT_RU_PER_MINUTE": "default 1250 until the Bicep sets it (issue 12)",
-    "PHOTO_SYNC_MAX_INSTANCES": "default 1 until the Bicep sets it (issue 12)",
-    "GRAPH_PHOTO_CONCURRENCY": "default 4 until the Bicep sets it (issue 12)",
-}
-# Settings fixed by the contract between the parallel branches (/work/briefs/contract.md): the
-# template sets them under these names; the code reading them may land from another branch later,
-# so until it does they count as read. Once shared/settings.py reads them, the scanner finds them.
-CONTRACT_SETTINGS = {
-    "SHAREPOINT_RU_PER_MINUTE": "the app's SharePoint resource-unit budget per minute",
-    "PHOTO_SYNC_MAX_INSTANCES": "maximumInstanceCount, the divisor of each process's pace",
-    "GRAPH_PHOTO_CONCURRENCY": "Graph photo requests in flight per app",
-    "PHOTO_SYNC_ORGANISATION": "CompanyName of the SharePoint traffic decoration",
-    "SHAREPOINT_THUMBNAIL_NAMING": "object-id | upn, the stem for placeholder profiles",
 }
 # Set in Azure for the Functions host or the platform, not read by photo-sync's own code.
 PLATFORM_PREFIXES = ("APPLICATIONINSIGHTS_", "AzureWebJobsStorage__", "PYTHON_APPLICATIONINSIGHTS_")
@@ -229,13 +214,8 @@ def test_every_setting_the_code_reads_is_set_by_the_bicep() -> None:
         "NOT_SET_IN_AZURE with the reason)", missing)
 
 
-def test_the_bicep_sets_every_contract_setting() -> None:
-    missing = set(CONTRACT_SETTINGS) - set(bicep_app_settings())
-    assert not missing, fail_listing("contract settings infra/app/api.bicep does not set", missing)
-
-
 def test_the_bicep_sets_nothing_the_code_no_longer_reads() -> None:
-    read = set(settings_read_by_code()) | set(CONTRACT_SETTINGS)
+    read = set(settings_read_by_code())
     stale = {name for name in bicep_app_settings()
              if name not in read and not name.startswith(PLATFORM_PREFIXES)}
     assert not stale, fail_listing("set in infra/app/api.bicep but read by no code in shared/", stale)
@@ -371,10 +351,7 @@ def test_every_setting_the_code_reads_is_in_docs_settings() -> None:
 
 def test_every_deployed_setting_is_in_docs_settings() -> None:
     text = (ROOT / "docs" / "settings.md").read_text(encoding="utf-8")
-    deploy = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
-    # Contract settings whose code is on another branch may be explained in docs/deploy.md meanwhile.
-    missing = {n for n in bicep_app_settings() if f"`{n}`" not in text
-               and not (n in CONTRACT_SETTINGS and f"`{n}`" in deploy)}
+    missing = {n for n in bicep_app_settings() if f"`{n}`" not in text}
     assert not missing, fail_listing("set by infra/app/api.bicep but missing from docs/settings.md",
                                      missing)
 

@@ -1,4 +1,4 @@
-"""The log records operators and alert rules read (contract.md), captured from real runs: a sync
+"""The log records operators and alert rules read (docs/operations.md, "The records"), captured from real runs: a sync
 through the queue trigger, a failing message, a reconciliation, the timer. Checked three ways: the
 fields the contract names, the request counts against what the simulator served, and the
 customDimensions the Azure Monitor exporter makes of them. docs/operations.md's KQL queries are
@@ -29,7 +29,7 @@ from tests.test_sync import deliver, user_with
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("app_env")
 
-CONTRACT = {  # contract.md: message -> event and the customDimensions alert rules read
+CONTRACT = {  # docs/operations.md: message -> event and the customDimensions alert rules read
     "sync finished": ("sync", {"outcome", "reason_code", "user_id", "duration_ms",
                                "graph_requests", "sharepoint_requests"}),
     "sync message failed": ("sync_error", {"error_type", "message_id", "dequeue_count",
