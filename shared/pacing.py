@@ -195,7 +195,7 @@ class PhotoGate:
 
 class GraphTransport(httpx.AsyncBaseTransport):
     """Under msgraph's middleware: photo requests take PhotoGate slots; a 429 asking for more
-    than a sync waits raises Throttled; every attempt is counted."""
+    than a sync waits raises Throttled (the wire below counts every attempt, telemetry.py)."""
 
     def __init__(self, inner: httpx.AsyncBaseTransport, gate: PhotoGate,
                  error: type[Throttled] = Throttled) -> None:
