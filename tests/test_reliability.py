@@ -149,14 +149,15 @@ def test_a_dead_workers_lease_expires(sim: TenantSimulator) -> None:
     async def crash_holding_the_lease() -> None:
         store = StateStore.from_settings(get_settings())
         try:
-            assert await store.acquire_lease(f"user-{user.id}", "dead-worker", 1)
+            # 4 s: long enough that the first delivery below meets the lease on a loaded machine
+            assert await store.acquire_lease(f"user-{user.id}", "dead-worker", 4)
         finally:
             await store.close()
 
     asyncio.run(crash_holding_the_lease())
     with pytest.raises(Exception, match="another worker"):
         deliver(user.id)
-    time.sleep(1.2)
+    time.sleep(4.2)
     deliver(user.id, dequeue_count=2)
     assert state_of(user).outcome == "updated"
 
