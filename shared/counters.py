@@ -32,7 +32,7 @@ from azure.core.exceptions import (
     ResourceModifiedError,
     ResourceNotFoundError,
 )
-from azure.data.tables import TableTransactionError, UpdateMode
+from azure.data.tables import TableEntity, TableTransactionError, UpdateMode
 from azure.data.tables.aio import TableClient
 
 USER_PARTITION = "user"          # state.USER_PARTITION: the counters share the users' partition
@@ -73,15 +73,14 @@ def _columns(key: str) -> list[str]:
     return [f"o_{outcome}"] + ([f"r_{code}"] if code else [])
 
 
-async def _get(client: TableClient, row: str) -> dict[str, Any] | None:
+async def _get(client: TableClient, row: str) -> TableEntity | None:
     try:
-        entity = await client.get_entity(USER_PARTITION, row)
+        return await client.get_entity(USER_PARTITION, row)
     except ResourceNotFoundError:
         return None
-    return entity  # type: ignore[return-value]
 
 
-def _conditional(current: dict[str, Any] | None, entity: dict[str, Any]) -> tuple[Any, ...]:
+def _conditional(current: TableEntity | None, entity: dict[str, Any]) -> tuple[Any, ...]:
     if current is None:
         return ("create", entity)
     return ("update", entity, {"mode": UpdateMode.REPLACE, "etag": current.metadata["etag"],
@@ -89,7 +88,7 @@ def _conditional(current: dict[str, Any] | None, entity: dict[str, Any]) -> tupl
 
 
 async def _transition(client: TableClient, row: str,
-                      new_row: Callable[[dict[str, Any] | None], dict[str, Any] | None]) -> bool:
+                      new_row: Callable[[TableEntity | None], dict[str, Any] | None]) -> bool:
     """Write `new_row(current)` and move its count, atomically; False when new_row returns None."""
     for attempt in range(MAX_ATTEMPTS):
         current = await _get(client, row)
@@ -98,7 +97,7 @@ async def _transition(client: TableClient, row: str,
             return False
         new = counted_key(entity)
         entity = {**entity, COUNTED: new}
-        old = (current or {}).get(COUNTED) or None
+        old = (current.get(COUNTED) if current is not None else None) or None
         operations = [_conditional(current, entity)]
         if old != new:
             shard_row = f"{PREFIX}{random.randrange(SHARDS):02d}"
@@ -129,7 +128,7 @@ async def save_counted(client: TableClient, entity: dict[str, Any]) -> None:
 
 async def count_existing(client: TableClient, row: str) -> bool:
     """Count one row written before counters existed; False when it is counted already."""
-    def unchanged(current: dict[str, Any] | None) -> dict[str, Any] | None:
+    def unchanged(current: TableEntity | None) -> dict[str, Any] | None:
         if current is None or current.get(COUNTED):
             return None
         return dict(current)
