@@ -378,7 +378,7 @@ async def _print_states(rows: AsyncIterator[UserState], limit: int) -> None:
         Console().print(f"… and {more} more: --csv or --json list everyone, with the full text")
 
 
-def _print_lines(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+def _print_lines(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
     """Columns: the user, fixed-width middle columns, and the reason taking what is left. No
     line is wider than the terminal: long cells end in '…' (the exports have the full text)."""
     console = Console(highlight=False)

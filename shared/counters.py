@@ -89,7 +89,7 @@ def _conditional(current: TableEntity | None, entity: dict[str, Any]) -> tuple[A
 
 
 async def _transition(client: TableClient, row: str,
-                      new_row: Callable[[dict[str, Any] | None], dict[str, Any] | None]) -> bool:
+                      new_row: Callable[[TableEntity | None], dict[str, Any] | None]) -> bool:
     """Write `new_row(current)` and move its count, atomically; False when new_row returns None."""
     for attempt in range(MAX_ATTEMPTS):
         current = await _get(client, row)
@@ -98,7 +98,7 @@ async def _transition(client: TableClient, row: str,
             return False
         new = counted_key(entity)
         entity = {**entity, COUNTED: new}
-        old = current.get(COUNTED) if current is not None else None
+        old = (current.get(COUNTED) if current is not None else None) or None
         operations = [_conditional(current, entity)]
         if old != new:
             shard_row = f"{PREFIX}{random.randrange(SHARDS):02d}"
@@ -129,7 +129,7 @@ async def save_counted(client: TableClient, entity: dict[str, Any]) -> None:
 
 async def count_existing(client: TableClient, row: str) -> bool:
     """Count one row written before counters existed; False when it is counted already."""
-    def unchanged(current: dict[str, Any] | None) -> dict[str, Any] | None:
+    def unchanged(current: TableEntity | None) -> dict[str, Any] | None:
         if current is None or current.get(COUNTED):
             return None
         return dict(current)

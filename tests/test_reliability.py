@@ -180,9 +180,10 @@ def test_a_message_that_always_fails_ends_in_poison_with_its_reason_logged(
     poisoned = asyncio.run(run_worker())
     assert poisoned == ['{"userId": "not a user", "reason": "manual"}']
     # the reason is logged with the message id (a custom dimension in Application Insights)
-    assert any(getattr(r, "message_id", None) == sent.id
-               and "neither an object id" in getattr(r, "error", "")
-               and getattr(r, "final_attempt", None) == "true" for r in caplog.records)
+    failures = [r for r in caplog.records if r.getMessage() == "sync message failed"
+                and getattr(r, "message_id", None) == sent.id]
+    assert failures and all("neither an object id" in getattr(r, "error", "") for r in failures)
+    assert [getattr(r, "final_attempt", None) for r in failures][-1] == "true"
     assert list(sender.peek_messages()) == []
 
 
