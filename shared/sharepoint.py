@@ -158,7 +158,6 @@ class SharePointProfiles:
         # server-relative, e.g. "/User Photos/Profile Pictures"; None until learned or discovered
         self._folder: str | None = f"{self._site_path}/{photos_folder.strip('/')}" \
             if photos_folder else None
-        self.folder_source = "setting" if photos_folder else ""
 
     @classmethod
     def from_settings(cls, settings: Settings, credential: CachingCredential) -> SharePointProfiles:
@@ -173,7 +172,6 @@ class SharePointProfiles:
         """The photos folder, server-relative: configured, learned from a profile, or discovered."""
         if self._folder is None:
             self._folder = await self._discover_folder()
-            self.folder_source = "library"
         return self._folder
 
     async def _discover_folder(self) -> str:
@@ -199,7 +197,6 @@ class SharePointProfiles:
         parent, _, name = directory.rpartition("/")
         if self._folder is None and name and parent.casefold() == self.library_path.casefold():
             self._folder = directory
-            self.folder_source = "profile"
 
     async def linked_stem(self, profile: Profile) -> str | None:
         """The stem of the S/M/L trio the profile shows, when its PictureURL names an `_MThumb.jpg`

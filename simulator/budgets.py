@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 # The Graph table on the sp-dev-docs page: reads of one item 1, uploads/updates/deletes 2. REST calls
 # have no published cost; Microsoft's estimate is 2, which is what everything else costs here.
 SHAREPOINT_COSTS: dict[str, int] = {
-    "upload": 2, "delete": 2, "set": 2, "profile": 2, "files.list": 2,
+    "upload": 2, "delete": 2, "set": 2, "get": 2, "files.list": 2, "folders.list": 2,
     "download": 1, "file.get": 1, "folder.get": 1,
 }
 DEFAULT_SHAREPOINT_COST = 2

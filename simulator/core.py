@@ -396,8 +396,7 @@ class TenantSimulator:
     def files(self) -> dict[str, FileInfo]:
         """Files in the photos folder keyed by file name, including the trios SharePoint itself keeps
         for linked profiles (see :meth:`_seeded_file`)."""
-        with self._lock:
-            found = {f.name: f for f in self._files.values()}
+        found = self.written_files()
         for user in self._users:
             if user.profile_linked:
                 for suffix in "SML":
@@ -485,10 +484,10 @@ class TenantSimulator:
         from urllib.parse import unquote, urlsplit
 
         broken = []
-        for upn in self.touched_profiles():
-            url = self.profile(upn).get("PictureURL") or ""
+        for user in self._users:
+            url = self._profile_props(user).get("PictureURL") or ""
             if url and self.get_file(unquote(urlsplit(url).path)) is None:
-                broken.append(upn)
+                broken.append(user.userPrincipalName)
         return broken
 
     def profile(self, key: str) -> dict[str, str]:
