@@ -8,10 +8,12 @@ import logging
 import azure.functions as func
 
 from shared import handlers, telemetry
+from shared.graph import load_typed_models
 
 # Log records reach Application Insights through OpenTelemetry (docs/operations.md), where
 # host.json's logLevel no longer filters them: keep per-request library logs out.
 telemetry.quiet_noisy_loggers()
+load_typed_models()  # at indexing, not on the event loop of the first subscription call
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
 
@@ -71,9 +73,10 @@ async def control(msg: func.QueueMessage) -> None:
 
 
 @app.function_name("reconcile")
-@app.timer_trigger(arg_name="timer", schedule="%RECONCILE_SCHEDULE%", run_on_startup=False)
+@app.timer_trigger(arg_name="timer", schedule=handlers.TIMER_SCHEDULE, run_on_startup=False)
 async def reconcile(timer: func.TimerRequest) -> None:
-    """Renew the Graph subscription and catch every change notifications missed."""
+    """Every minute: a reconciliation pass when RECONCILE_INTERVAL is up (it also renews the Graph
+    subscription), else a check of the hot users when RECONCILE_HOT_INTERVAL is up."""
     outcome = await handlers.handle_timer()
     logging.getLogger("photo_sync").info("timer run finished",
                                          extra={"result": json.dumps(outcome),

@@ -6,6 +6,7 @@ sources in turn, which is slow, surprising in logs, and not allowed in tests.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from typing import Any
@@ -45,14 +46,54 @@ class CachingCredential:
             self._tokens[key] = token
             return token
 
+    def cached(self, *scopes: str) -> AccessToken | None:
+        """The scope's token when one is cached and fresh, without ever calling the credential."""
+        cached = self._tokens.get(tuple(scopes))
+        if cached and cached.expires_on - _REFRESH_MARGIN_SECONDS > time.time():
+            return cached
+        return None
+
     def invalidate(self, *scopes: str) -> None:
         with self._lock:
             self._tokens.pop(tuple(scopes), None)
+
+    async def get_token_async(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        """`get_token` for code on the event loop: a cached token at once, else the credential's
+        call (a process for the Azure CLI, an HTTP request for managed identity) in a worker
+        thread, so the loop keeps serving every other invocation meanwhile."""
+        return self.cached(*scopes) or await asyncio.to_thread(self.get_token, *scopes, **kwargs)
+
+    def for_loop(self) -> AsyncCaching:
+        """This credential as an AsyncTokenCredential (what Kiota awaits)."""
+        return AsyncCaching(self)
 
     def close(self) -> None:
         close = getattr(self._inner, "close", None)
         if close:
             close()
+
+
+class AsyncCaching:
+    """A CachingCredential seen as an `azure.core` AsyncTokenCredential: Kiota's authentication
+    provider awaits `get_token` when it returns an awaitable (kiota-authentication-azure,
+    AzureIdentityAccessTokenProvider), so a token is never fetched on the event loop."""
+
+    def __init__(self, caching: CachingCredential) -> None:
+        self._caching = caching
+
+    async def get_token(self, *scopes: str, claims: str | None = None, tenant_id: str | None = None,
+                        enable_cae: bool = False, **kwargs: Any) -> AccessToken:
+        # Kiota passes claims/enable_cae; the process's credentials take neither (no CAE here)
+        return await self._caching.get_token_async(*scopes)
+
+    async def close(self) -> None:
+        """The wrapped credential belongs to the process (shared/handlers.py), not to a client."""
+
+    async def __aenter__(self) -> AsyncCaching:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
 
 def build_credential(settings: Settings) -> CachingCredential:
@@ -79,6 +120,15 @@ def storage_credential(storage: StorageSettings) -> AsyncTokenCredential:
                                                   certificate_path=storage.certificate_path)
     return identity_aio.ManagedIdentityCredential(client_id=storage.client_id or
                                                   storage.app_client_id)
+
+
+async def close_credential(credential: object) -> None:
+    """Close a credential a storage client was built with: the Azure SDK clients leave their
+    credential to its owner, and an unclosed async identity credential keeps an aiohttp session
+    open ("Unclosed client session"). Shared keys and None have nothing to close."""
+    close = getattr(credential, "close", None)
+    if close is not None and isinstance(credential, AsyncTokenCredential):
+        await close()
 
 
 def scope_for(url: str) -> str:

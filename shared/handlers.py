@@ -13,7 +13,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncGenerator
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,10 +39,18 @@ from .queue import (
     create_queue_if_missing,
     queue_client,
 )
-from .reconcile import DEFAULT_TIME_BUDGET_SECONDS, ReconcileReport, reconcile
+from .reconcile import (
+    DEFAULT_TIME_BUDGET_SECONDS,
+    HotReport,
+    ReconcileReport,
+    check_hot,
+    hot_due,
+    pass_due,
+    reconcile,
+)
 from .settings import Settings
 from .sharepoint import SharePointProfiles
-from .state import StateStore
+from .state import StateStore, utc_now
 from .subscriptions import SubscriptionStatus, ensure_subscription, reauthorize
 from .sync import SyncContext, SyncResult, UserBusy, open_context, sync_user
 
@@ -53,6 +61,9 @@ DIRECT_NOTIFICATION_LIMIT = 20  # up to this many users per notification POST ar
 NOTIFIED_CHUNK = 500  # user ids per control message (about 26 kB of the 64 kB message limit)
 MAX_USERS_PER_REQUEST = 10_000
 RESCHEDULE_JITTER = 0.1
+# The reconcile timer's NCRONTAB: second 0 of every minute. How often a pass runs is
+# RECONCILE_INTERVAL, decided at each tick (shared/reconcile.py, pass_due).
+TIMER_SCHEDULE = "0 * * * * *"
 
 
 @functools.cache
@@ -426,16 +437,60 @@ async def run_reconcile(force: bool = False, dry_run: bool = False,
 
 
 async def handle_timer() -> dict[str, Any]:
-    """The timer: keep the subscription alive, then reconcile everyone; whatever happened, log
-    the "photo-sync health" record the alert rules read."""
+    """The timer, every minute: a reconciliation pass when RECONCILE_INTERVAL is up (after
+    keeping the subscription alive), else a check of the hot users when RECONCILE_HOT_INTERVAL
+    is up, else nothing. A pass, and the top of each hour, log the "photo-sync health" record the
+    alert rules read; the hour also renews the subscription when passes are off."""
     settings = get_settings()
+    _log_deprecations(settings)
+    now = utc_now()
+    async with _tick_clients(settings) as (context, queue):
+        cursor = await context.state.get_cursor()
+        if pass_due(settings, cursor, now):
+            return await _timer_pass(settings, context)
+        hot: HotReport | None = None
+        if hot_due(settings, cursor, now):
+            hot = await check_hot(settings, context.graph, context.state, queue)
+        outcome: dict[str, Any] = {"reconcile": "not due",
+                                   **(hot.as_dict() if hot is not None else {})}
+        if now.minute == 0:
+            if not settings.reconcile_interval_minutes:
+                subscription = await ensure_subscription(settings, context.graph, context.state)
+                outcome["subscription"] = subscription.as_dict()
+            await log_health(settings)
+    return outcome
+
+
+async def _timer_pass(settings: Settings, context: SyncContext) -> dict[str, Any]:
     try:
-        async with open_context(settings, get_credential()) as context:
-            subscription = await ensure_subscription(settings, context.graph, context.state)
+        subscription = await ensure_subscription(settings, context.graph, context.state)
         report = await run_reconcile()
     finally:
         await log_health(settings)
     return {"subscription": subscription.as_dict(), "reconcile": report.as_dict()}
+
+
+@asynccontextmanager
+async def _tick_clients(settings: Settings) -> AsyncGenerator[tuple[SyncContext, SyncQueue], None]:
+    """The worker's clients for a timer tick (a tick a minute must not open and close them)."""
+    if PROCESS_CLIENTS:
+        clients = await process_clients()
+        yield clients.context, clients.queue
+        return
+    async with open_context(settings, get_credential()) as context, \
+            SyncQueue.from_settings(settings) as queue:
+        yield context, queue
+
+
+_deprecations_logged: set[str] = set()
+
+
+def _log_deprecations(settings: Settings) -> None:
+    """Say once per process which deprecated settings are still in use (docs/settings.md)."""
+    for note in settings.deprecations:
+        if note not in _deprecations_logged:
+            _deprecations_logged.add(note)
+            log.warning(note)
 
 
 async def log_health(settings: Settings) -> None:

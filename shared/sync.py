@@ -30,7 +30,12 @@ from .sharepoint import (
     new_stem,
 )
 from .state import StateStore, UserState
-from .thumbnails import ImageRejected, Thumbnails, make_thumbnails, placeholder_thumbnails
+from .thumbnails import (
+    ImageRejected,
+    Thumbnails,
+    make_thumbnails_off_loop,
+    placeholder_thumbnails,
+)
 
 log = logging.getLogger("photo_sync.sync")
 
@@ -157,9 +162,9 @@ async def _sync(context: SyncContext, user: DirectoryUser, state: UserState, for
     data = await context.graph.get_photo_bytes(user.id) or b""
 
     try:
-        thumbnails = make_thumbnails(data, context.settings.thumbnail_sizes,
-                                     max_bytes=context.settings.max_photo_bytes,
-                                     max_pixels=context.settings.max_photo_pixels)
+        thumbnails = await make_thumbnails_off_loop(data, context.settings.thumbnail_sizes,
+                                                    max_bytes=context.settings.max_photo_bytes,
+                                                    max_pixels=context.settings.max_photo_pixels)
     except ImageRejected as rejected:
         state.seen_etag = etag  # this photo will never work: do not download it again
         return result(Outcome.FAILED, f"photo refused: {rejected}", rejected.code)

@@ -32,6 +32,10 @@ class User:
     # "upn": older and admin-linked profiles (pnp/PnP Samples/Core.ProfilePictureUploader,
     # `adele_vance_contoso_com_MThumb.jpg`).
     picture_naming: str = "object-id"
+    # When the account was created: Graph's read-only `createdDateTime`, ISO 8601 in UTC, "returned
+    # only on $select" (microsoft-graph-docs-contrib api-reference/v1.0/resources/user.md). None for
+    # users created before Graph kept it (the same page: null for some older accounts).
+    createdDateTime: str | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "User":
@@ -48,6 +52,7 @@ class User:
             photo=PhotoSpec.from_json(photo) if photo else None,
             profile_linked=bool(data.get("profileLinked", True)),
             picture_naming=_naming(data.get("pictureNaming", "object-id")),
+            createdDateTime=data.get("createdDateTime"),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -57,6 +62,7 @@ class User:
             "mail": self.mail, "userType": self.userType, "accountEnabled": self.accountEnabled,
             "profileLinked": self.profile_linked, "pictureNaming": self.picture_naming,
             "photo": self.photo.to_json() if self.photo else None,
+            **({"createdDateTime": self.createdDateTime} if self.createdDateTime else {}),
         }
 
 
