@@ -8,12 +8,11 @@ import logging
 import azure.functions as func
 
 from shared import handlers, telemetry
-from shared.graph import load_typed_models
 
 # Log records reach Application Insights through OpenTelemetry (docs/operations.md), where
 # host.json's logLevel no longer filters them: keep per-request library logs out.
 telemetry.quiet_noisy_loggers()
-load_typed_models()  # at indexing, not on the event loop of the first subscription call
+handlers.prepare_worker()  # slow one-time work at indexing, not on the invocations' event loop
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
 

@@ -21,7 +21,7 @@ from azure.core.exceptions import AzureError
 
 from . import pacing, telemetry
 from .credentials import CachingCredential, build_credential
-from .graph import GraphDirectory
+from .graph import GraphDirectory, load_typed_models
 from .notifications import (
     MalformedNotification,
     NotificationTooLarge,
@@ -76,6 +76,14 @@ def get_settings() -> Settings:
 def get_credential() -> CachingCredential:
     """One credential per process, so its token cache is shared by every invocation."""
     return build_credential(get_settings())
+
+
+def prepare_worker() -> None:
+    """What would otherwise stall the worker's one event loop on first use, done while the host
+    indexes the functions: msgraph's typed models (over a second of imports) and the TLS context
+    (the CA bundle) every Graph and SharePoint client shares."""
+    load_typed_models()
+    telemetry.tls_context()
 
 
 def reset_process_caches() -> None:
