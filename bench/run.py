@@ -33,7 +33,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench import scale
+from bench import freshness, scale
 
 ROOT = Path(__file__).resolve().parent.parent
 GOALS = {
@@ -632,6 +632,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "limits scenario (default 20)")
     parser.add_argument("--outlook-network-ms", type=float, default=2,
                         help="network latency per request in that scenario (default 2)")
+    parser.add_argument("--freshness-users", type=int, default=10_000,
+                        help="tenant size of the freshness scenario (0 skips it; default 10000)")
+    parser.add_argument("--freshness-interval", type=int, default=15,
+                        help="RECONCILE_INTERVAL of the freshness scenario, minutes (default 15)")
+    parser.add_argument("--freshness-minutes", type=int, default=45,
+                        help="simulated minutes in which photos change (default 45)")
+    parser.add_argument("--freshness-changes", type=int, default=60,
+                        help="photo changes of users outside the hot set (default 60)")
+    parser.add_argument("--freshness-hot-changes", type=int, default=20,
+                        help="photo changes of hot users (default 20)")
+    parser.add_argument("--loop-lag-users", type=int, default=1_000,
+                        help="queued users of the loop-lag scenario (0 skips it; default 1000)")
     parser.add_argument("--json", metavar="PATH", help="also write every figure as JSON")
     args = parser.parse_args(argv)
     args.size_list = [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
@@ -650,12 +662,16 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     thumbs = thumbnail_cost(args.thumbnail_runs)
     results = []
-    initial = None
+    initial = fresh = lag = None
     with Azurite() as azurite:
         for n in args.size_list:
             results.append(run_size(n, azurite, args))
         if args.initial_sync_users:
             initial = scale.initial_sync(azurite, args, console)
+        if args.freshness_users:
+            fresh = freshness.freshness(azurite, args, console)
+        if args.loop_lag_users:
+            lag = freshness.loop_lag(azurite, args, console)
     if results:
         print_tables(results, thumbs, args)
     scale.print_scale_tables(results, initial, args, console)
@@ -665,9 +681,27 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps(
             {"machine": info, "args": {k: v for k, v in vars(args).items()},
              "thumbnails": thumbs, "sizes": [r.__dict__ for r in results],
-             "initial_sync": initial}, indent=2, default=str))
+             "initial_sync": initial, "freshness": fresh, "loop_lag": lag},
+            indent=2, default=str))
     if initial:
         print(scale.initial_sync_line(initial), flush=True)
+    if fresh:
+        console.print(f"freshness goals: p95 <= {fresh['goal_p95']:.0f} s "
+                      f"{verdict(fresh['p95'] <= fresh['goal_p95'])}, hot p95 <= "
+                      f"{fresh['goal_hot_p95']:.0f} s "
+                      f"{verdict(fresh['hot_p95'] <= fresh['goal_hot_p95'])}; "
+                      f"{fresh['samples']}/{fresh['changes']} changes seen "
+                      f"({fresh['hot_samples']} hot), {fresh['passes']} passes, hot check "
+                      f"{fresh['hot_check_seconds']:.1f} s, Graph requests {fresh['graph_requests']}")
+        for line in freshness.freshness_lines(fresh):
+            print(line, flush=True)
+    if lag:
+        console.print(f"loop lag goal: max < {freshness.GOALS['loop_lag_max_ms']:.0f} ms "
+                      f"{verdict(lag['max_ms'] < freshness.GOALS['loop_lag_max_ms'])}; less the "
+                      f"time the loop's thread waited for a CPU (load average "
+                      f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores): p99 "
+                      f"{lag['own_p99_ms']:.0f} ms, max {lag['own_max_ms']:.0f} ms")
+        print(freshness.loop_lag_line(lag), flush=True)
     return 0
 
 

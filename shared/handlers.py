@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib
 import json
 import logging
 import random
@@ -80,10 +81,14 @@ def get_credential() -> CachingCredential:
 
 def prepare_worker() -> None:
     """What would otherwise stall the worker's one event loop on first use, done while the host
-    indexes the functions: msgraph's typed models (over a second of imports) and the TLS context
-    (the CA bundle) every Graph and SharePoint client shares."""
+    indexes the functions: msgraph's typed models (over a second of imports), the TLS context
+    (the CA bundle) every Graph and SharePoint client shares, and httpx's connection modules."""
     load_typed_models()
     telemetry.tls_context()
+    # httpx's transport stack (httpcore, anyio, h11, h2) is imported on the first connection
+    for module in ("anyio._backends._asyncio", "h11", "h2.connection", "httpcore._async.http11",
+                   "httpcore._async.http2"):
+        importlib.import_module(module)
 
 
 def reset_process_caches() -> None:

@@ -15,12 +15,11 @@ import asyncio
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 import function_app  # noqa: F401  (imported as the Functions worker does, before any invocation)
-from bench.loop import LoopLoad, mixed_load
+from bench.loop import mixed_load, run_queue_wait
 from shared.handlers import get_settings, reset_process_caches
 from shared.queue import SyncQueue, SyncRequest
 from simulator.azurite import Azurite
@@ -29,15 +28,6 @@ from simulator.tenant import make_tenant
 from tests.conftest import serving
 
 SLOW_CALLBACK_SECONDS = 0.25
-SCHEDSTAT = Path("/proc/thread-self/schedstat")
-
-
-def run_queue_wait() -> float:
-    """Seconds this thread has spent runnable but not running (0 where Linux does not say)."""
-    try:
-        return int(SCHEDSTAT.read_text().split()[1]) / 1e9
-    except (OSError, IndexError, ValueError):
-        return 0.0
 
 
 def record_slow_callbacks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
