@@ -14,12 +14,12 @@ from shared import handlers
 from shared.handlers import get_settings
 from shared.operations import tenant_summary
 from shared.queue import SyncQueue, SyncRequest
-from shared.state import ReconcileCursor, StateStore, UserState, utc_now
+from shared.state import StateStore, UserState, utc_now
 from simulator.azurite import Azurite
 from simulator.core import TenantSimulator
 from simulator.images import PhotoSpec
 from simulator.tenant import make_tenant
-from tests.conftest import serving
+from tests.conftest import move_back, serving
 from tests.test_reconcile import drain_queue, record, run_reconcile
 
 
@@ -34,16 +34,6 @@ def tenant(monkeypatch: pytest.MonkeyPatch, azurite: Azurite) -> Iterator[Tenant
 
 def tick() -> dict[str, Any]:
     return asyncio.run(handlers.handle_timer())
-
-
-def move_back(**minutes: float) -> None:
-    """Pretend the last pass started (`started_at`) or the last hot check ran that long ago."""
-    async def go() -> None:
-        async with StateStore.from_settings(get_settings()) as state:
-            await state.save_cursor(ReconcileCursor(
-                **{name: utc_now() - timedelta(minutes=value) for name, value in minutes.items()}))
-
-    asyncio.run(go())
 
 
 def batches(sim: TenantSimulator) -> int:
