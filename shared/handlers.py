@@ -57,8 +57,11 @@ RESCHEDULE_JITTER = 0.1
 
 @functools.cache
 def get_settings() -> Settings:
-    """Read app settings once per process; a bad setting fails every trigger with its name."""
-    return Settings.from_env()
+    """Read app settings once per process; a bad setting fails every trigger with its name.
+    Log records lose UPNs from here on, unless PHOTO_SYNC_LOG_UPNS says otherwise."""
+    settings = Settings.from_env()
+    telemetry.protect_upns_in_logs(not settings.log_upns)
+    return settings
 
 
 @functools.cache

@@ -81,6 +81,7 @@ class Settings:
     sharepoint_ru_per_minute: int = DEFAULT_SHAREPOINT_RU_PER_MINUTE
     max_instances: int = 1
     graph_photo_concurrency: int = DEFAULT_GRAPH_PHOTO_CONCURRENCY
+    log_upns: bool = False  # PHOTO_SYNC_LOG_UPNS: log records keep UPNs (docs/security.md)
 
     @property
     def poison_queue_name(self) -> str:
@@ -190,6 +191,7 @@ class Settings:
             max_instances=reader.positive_int("PHOTO_SYNC_MAX_INSTANCES", 1),
             graph_photo_concurrency=reader.positive_int("GRAPH_PHOTO_CONCURRENCY",
                                                         DEFAULT_GRAPH_PHOTO_CONCURRENCY),
+            log_upns=reader.flag("PHOTO_SYNC_LOG_UPNS", False),
         )
         if reader.problems:
             raise SettingsError(reader.problems)
