@@ -246,8 +246,10 @@ module identity 'br/public:avm/res/managed-identity/user-assigned-identity:0.6.0
   }
 }
 
-// serverfarm 0.7.0 sets tier FlexConsumption itself for skuName FC1; `reserved` (Linux) must be
-// passed, since its default is `kind == 'linux'`.
+// serverfarm 0.7.0 sets tier FlexConsumption itself for skuName FC1 (and omits the capacity);
+// kind 'functionapp' as Microsoft's Flex Consumption samples declare the plan
+// (Azure-Samples/azure-functions-flex-consumption-samples IaC/bicep); `reserved` (Linux) must be
+// passed, since the module's default is `kind == 'linux'`.
 module appServicePlan 'br/public:avm/res/web/serverfarm:0.7.0' = {
   name: 'appserviceplan'
   scope: rg
