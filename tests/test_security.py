@@ -99,3 +99,26 @@ def test_an_operator_can_turn_upns_back_on(sim: TenantSimulator, caplog: pytest.
 def test_what_is_redacted_and_what_is_kept(logged: str, kept: str) -> None:
     telemetry.protect_upns_in_logs(True)
     assert telemetry.redact_upns(logged) == kept
+
+
+def test_the_review_names_every_azure_role_the_template_grants() -> None:
+    """docs/security.md's roles are infra/app/rbac.bicep's: a role changed there fails here."""
+    from tests.test_infra_templates import BUILT_IN_ROLES, RBAC_BICEP, camel
+
+    rbac = RBAC_BICEP.read_text()
+    role_of = {camel(role): role for role in BUILT_IN_ROLES}
+
+    def roles(list_name: str) -> set[str]:
+        body = re.search(rf"(?ms)^var {list_name} = \[(.*?)\]", rbac)
+        assert body, f"rbac.bicep: no var {list_name}"
+        return {role_of[name] for name in re.findall(r"\w+", body.group(1))}
+
+    rows = [line for line in SECURITY_MD.read_text().splitlines()
+            if line.startswith("| Azure RBAC")]
+    user_rows = [row for row in rows if "deploying user" in row]
+    app_rows = [row for row in rows if row not in user_rows]
+    assert len(user_rows) == 1
+    user_named = {role for role in BUILT_IN_ROLES if role in user_rows[0].split("|")[2]}
+    assert user_named == roles("userStorageRoles")
+    app_named = {role for row in app_rows for role in BUILT_IN_ROLES if role in row.split("|")[2]}
+    assert app_named == roles("identityStorageRoles") | {"Monitoring Metrics Publisher"}
