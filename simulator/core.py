@@ -192,7 +192,7 @@ class TenantSimulator:
         # The last requests' (host, path?query as sent), for tests that check what reached a URL
         # (tests/hostile.py); a record of what was received, no behaviour of the services.
         self.recent_targets: deque[tuple[str, str]] = deque(maxlen=10_000)
-        self.budgets = Budgets(self)  # throttling budgets, off unless turned on (simulator/budgets.py)
+        self.budgets = Budgets(self.now)  # throttling budgets, off unless turned on (simulator/budgets.py)
         self._revoked_before = float("-inf")
         self._claims_cache: dict[str, dict[str, Any] | None] = {}
         self._deliveries: list[Delivery] = []
