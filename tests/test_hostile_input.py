@@ -237,3 +237,68 @@ def test_refusals_are_logged_with_their_reason(app_env: dict[str, str],
     messages = [r.getMessage() for r in caplog.records]
     assert any("manual sync request refused: users[0]" in m for m in messages)
     assert any("notification refused: not JSON" in m for m in messages)
+
+
+@pytest.fixture
+def storage_stalling_after_one_connection(monkeypatch: pytest.MonkeyPatch,
+                                          app_env: dict[str, str]) -> Iterator[None]:
+    """Azurite's queues behind a proxy that forwards the first connection and lets every later
+    one hang: some of a POST's messages are stored, the rest stall."""
+    import threading
+    from urllib.parse import urlsplit
+
+    endpoint = next(p.split("=", 1)[1] for p in app_env["AzureWebJobsStorage"].split(";")
+                    if p.startswith("QueueEndpoint="))
+    azurite_port = urlsplit(endpoint).port
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    held: list[socket.socket] = []
+
+    def pipe(source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+        except OSError:
+            pass
+
+    def serve() -> None:
+        first = True
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            if not first:
+                held.append(client)  # accepted, never answered
+                continue
+            first = False
+            upstream = socket.create_connection(("127.0.0.1", azurite_port))
+            held.extend((client, upstream))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=pipe, args=(a, b), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    proxied = app_env["AzureWebJobsStorage"].replace(
+        endpoint, f"http://127.0.0.1:{listener.getsockname()[1]}/devstoreaccount1")
+    monkeypatch.setenv("AzureWebJobsStorage", proxied)
+    reset_process_caches()
+    try:
+        yield
+    finally:
+        listener.close()
+        for connection in held:
+            connection.close()
+        reset_process_caches()
+
+
+def test_a_stall_after_some_messages_were_stored_is_a_202(
+        app_env: dict[str, str], storage_stalling_after_one_connection: None,
+        caplog: pytest.LogCaptureFixture) -> None:
+    users = [f"{i:08x}-0000-4000-8000-000000000000" for i in range(15)]
+    response = call(function_app.graph_webhook, "notifications",
+                    {"value": [notification(app_env, user) for user in users]})
+    assert response.status_code == 202  # a re-delivery would not bring the rest sooner
+    stored = queued(app_env)  # read from Azurite directly
+    assert 1 <= len(stored) < len(users)
+    assert "queued only part of the notified users" in caplog.text
