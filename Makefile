@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup demo test lint-infra bench bench-large audit clean
+.PHONY: setup demo test lint-infra bench bench-large fuzz audit clean
 
 setup: $(VENV)/.installed node_modules/.bin/azurite
 
@@ -44,6 +44,10 @@ bench: setup
 
 bench-large: setup
 	$(BIN)/python -m bench.run --sizes 1000,10000,100000
+
+# 10,000 generated hostile inputs to the five functions (tests/hostile.py); prints one line.
+fuzz: setup
+	$(BIN)/python -m tests.fuzz --inputs 10000
 
 # Needs the PyPI vulnerability service (not reachable from every build machine): not in `make test`.
 audit: setup

@@ -26,7 +26,8 @@ from . import counters, operations, reasons, subscriptions
 from .credentials import CachingCredential
 from .graph import GraphError
 from .handlers import get_credential, get_settings, run_reconcile
-from .queue import InvalidMessage, SyncRequest, check_user_key
+from .inputs import check_user_key, check_user_keys
+from .queue import InvalidMessage, SyncRequest
 from .settings import SettingsError
 from .sharepoint import SharePointError
 from .state import StateStore, UserState, table_client
@@ -133,7 +134,7 @@ def _parser() -> argparse.ArgumentParser:
 async def _sync_command(args: argparse.Namespace) -> int:
     if bool(args.users) == bool(args.all):
         raise InvalidMessage("give one or more USERs, or --all")
-    users = [check_user_key(u) for u in args.users]
+    users = check_user_keys(args.users)
     console = Console(stderr=True)
     results: list[SyncResult] = []
     async with open_context(get_settings(), get_credential()) as context:

@@ -186,9 +186,10 @@ def log_sync(result: SyncResult, trigger: str, counts: RequestCounts, *,
 
 
 def log_sync_error(error: BaseException, *, message_id: str, dequeue_count: int,
-                   counts: RequestCounts | None = None) -> None:
-    """One record per failed queue message; `final_attempt` means it goes to poison next."""
-    final = dequeue_count >= max_dequeue_count()
+                   counts: RequestCounts | None = None, final: bool | None = None) -> None:
+    """One record per failed queue message; `final_attempt` means it goes to poison next (at
+    `maxDequeueCount`, or at once for a message that can never run: `final`)."""
+    final = dequeue_count >= max_dequeue_count() if final is None else final
     extra: dict[str, Any] = {
         "event": "sync_error", "error_type": type(error).__name__,
         "error": redact_upns(str(error))[:500],
