@@ -53,6 +53,12 @@ DIRECT_NOTIFICATION_LIMIT = 20  # up to this many users per notification POST ar
 NOTIFIED_CHUNK = 500  # user ids per control message (about 26 kB of the 64 kB message limit)
 MAX_USERS_PER_REQUEST = 10_000
 RESCHEDULE_JITTER = 0.1
+# While PHOTO_SYNC_PAUSED, a sync message that still arrives comes back after this long (it is
+# queued again, never failed: a long pause poisons nobody and loses nothing).
+PAUSED_RETRY_SECONDS = 15 * 60
+UNPAUSE_HINT = ("photo-sync is paused (PHOTO_SYNC_PAUSED=true): it writes nothing. To unpause: "
+                "`azd env set PHOTO_SYNC_PAUSED false` and `azd provision` (or set the app "
+                "setting PHOTO_SYNC_PAUSED to false)")
 
 
 @functools.cache
@@ -168,6 +174,8 @@ async def handle_sync_message(body: str | bytes, dequeue_count: int = 1,
     with telemetry.counting() as counts:
         try:
             request = SyncRequest.from_json(body)
+            if get_settings().paused:
+                raise Throttled("photo-sync is paused", PAUSED_RETRY_SECONDS)
             if PROCESS_CLIENTS:
                 clients = await process_clients()
                 result = await sync_user(clients.context, request)
@@ -220,6 +228,8 @@ async def handle_sync_request(body: bytes) -> tuple[int, dict[str, Any]]:
     except InvalidMessage as error:
         return 400, {"error": str(error)}
     settings = get_settings()
+    if settings.paused:
+        return 409, {"error": UNPAUSE_HINT, "paused": True}
     if everyone:
         await send_control(settings, {"action": "reconcile", "force": force})
         return 202, {"queued": 0, "reconcile": "scheduled", "force": force}
@@ -292,6 +302,9 @@ async def handle_notification(params: dict[str, str], body: bytes) -> Answer:
     parsed = _accept(params, body)
     if not isinstance(parsed, ParsedNotifications):
         return parsed
+    if get_settings().paused:  # the reconciliation after unpausing finds these changes
+        log.info("notifications ignored: photo-sync is paused", extra={"dropped": len(parsed.user_ids)})
+        return ACCEPTED
     if parsed.user_ids:
         try:
             await _queue_notified(get_settings(), parsed.user_ids)
@@ -307,6 +320,9 @@ async def handle_lifecycle(params: dict[str, str], body: bytes) -> Answer:
     parsed = _accept(params, body)
     if not isinstance(parsed, ParsedNotifications):
         return parsed
+    if get_settings().paused:
+        log.info("lifecycle notifications ignored: photo-sync is paused")
+        return ACCEPTED
     try:
         for event, subscription_id in dict.fromkeys(parsed.lifecycle):
             await send_control(get_settings(), {"action": "lifecycle", "event": event,
@@ -363,11 +379,11 @@ def control_queue_name(settings: Settings) -> str:
 
 
 async def send_control(settings: Settings, message: dict[str, Any],
-                       interactive: bool = True) -> None:
+                       interactive: bool = True, delay: int = 0) -> None:
     client = queue_client(settings.storage, control_queue_name(settings), interactive=interactive)
     async with client:
         await create_queue_if_missing(client)
-        await client.send_message(json.dumps(message))
+        await client.send_message(json.dumps(message), visibility_timeout=delay or None)
 
 
 async def handle_control_message(body: str | bytes) -> dict[str, Any]:
@@ -377,6 +393,9 @@ async def handle_control_message(body: str | bytes) -> dict[str, Any]:
         action = message["action"]
     except (ValueError, KeyError, TypeError):
         raise InvalidMessage("control message must be JSON with an \"action\"") from None
+    if get_settings().paused:  # put back for later, like a paused sync message
+        await send_control(get_settings(), message, interactive=False, delay=PAUSED_RETRY_SECONDS)
+        return {"paused": True, "action": action, "retryInSeconds": PAUSED_RETRY_SECONDS}
     if action == "reconcile":
         report = await run_reconcile(force=bool(message.get("force")))
         return report.as_dict()
@@ -429,6 +448,10 @@ async def handle_timer() -> dict[str, Any]:
     """The timer: keep the subscription alive, then reconcile everyone; whatever happened, log
     the "photo-sync health" record the alert rules read."""
     settings = get_settings()
+    if settings.paused:  # no subscription, nothing queued; the health record still says so
+        log.info(UNPAUSE_HINT)
+        await log_health(settings)
+        return {"paused": True}
     try:
         async with open_context(settings, get_credential()) as context:
             subscription = await ensure_subscription(settings, context.graph, context.state)

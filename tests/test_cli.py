@@ -25,7 +25,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_sync_users_prints_json_lines_and_exits_0(sim: TenantSimulator) -> None:
     member = next(u for u in sim.users() if u.photo and u.accountEnabled and u.profile_linked)
     nobody = next(u for u in sim.users() if u.photo is None)
-    done = cli("sync", member.userPrincipalName, nobody.id, "--json")
+    done = cli("sync", member.userPrincipalName, nobody.id, "--output", "jsonl")
     assert done.returncode == 0, done.stderr
     outcomes = {json.loads(line)["upn"]: json.loads(line)["outcome"] for line in done.stdout.splitlines()}
     assert outcomes == {member.userPrincipalName: "updated", nobody.userPrincipalName: "no_photo"}
@@ -33,7 +33,7 @@ def test_sync_users_prints_json_lines_and_exits_0(sim: TenantSimulator) -> None:
 
 def test_dry_run_writes_nothing(sim: TenantSimulator) -> None:
     member = next(u for u in sim.users() if u.photo and u.accountEnabled)
-    done = cli("sync", member.id, "--dry-run", "--json")
+    done = cli("sync", member.id, "--dry-run", "--output", "jsonl")
     assert json.loads(done.stdout)["reason"].startswith("dry run")
     assert [f for f in sim.files().values() if not f.seeded] == []
 
@@ -48,7 +48,7 @@ def test_a_failed_user_makes_the_exit_code_1_and_the_table_says_why(sim: TenantS
 
 def test_sync_all_then_status(sim: TenantSimulator) -> None:
     assert cli("sync", "--all", "--json").returncode == 0
-    status = cli("status", "--all-users", "--json")
+    status = cli("status", "--all-users", "--output", "jsonl")
     rows = [json.loads(line) for line in status.stdout.splitlines()]
     enabled_with_photo = [u for u in sim.users() if u.photo and u.accountEnabled]
     assert len([r for r in rows if r["outcome"] in ("updated", "needs_profile_link")]) == \
@@ -79,7 +79,7 @@ def test_reconcile_and_subscription_commands(sim: TenantSimulator) -> None:
 def test_a_throttled_tenant_is_a_failed_row_not_a_crash(sim: TenantSimulator) -> None:
     member = next(u for u in sim.users() if u.photo and u.accountEnabled)
     sim.inject_fault(host="mysite", status=429, retry_after=1, count=100)
-    done = cli("sync", member.id, "--json")
+    done = cli("sync", member.id, "--output", "jsonl")
     assert done.returncode == 1 and "Traceback" not in done.stderr
     row = json.loads(done.stdout)
     assert row["outcome"] == "failed" and "429" in row["reason"]

@@ -170,7 +170,7 @@ def test_boolean_words_allowed_by_the_template_are_the_ones_the_app_accepts() ->
         if not reader.problems:
             accepted.add(word)
     declared = bicep_param_decls(MAIN_BICEP)
-    for name in ("includeGuests", "enabledOnly"):
+    for name in ("includeGuests", "enabledOnly", "paused"):
         assert set(declared[name].allowed or []) == accepted, name
 
 
