@@ -234,11 +234,10 @@ def _print_identity(body: dict[str, Any]) -> None:
     """The report's first line: whose rights the command used."""
     console = Console(highlight=False)
     where = f" inside {body['app']}" if body.get("app") else ""
+    console.print(f"Ran as {escape(str(body.get('identity')))}{where}.", soft_wrap=True)
     if body.get("identityKind") == "user":
-        console.print(f"Ran as {escape(str(body.get('identity')))}{where}. [yellow]Warning[/]: a "
-                      "user's rights are not the app's; `--app NAME` runs it as the app.")
-    else:
-        console.print(f"Ran as {escape(str(body.get('identity')))}{where}.")
+        console.print("[yellow]Warning[/]: a user's rights are not the app's; "
+                      "`--app NAME` runs it as the app.")
 
 
 async def _sync_command(args: argparse.Namespace) -> int:
