@@ -206,7 +206,8 @@ def _add_app_command(parser: argparse.ArgumentParser, name: str,
     parser.add_argument("--resource-group", "-g", metavar="RG", help="the app's resource group "
                         "(default: found by name in the current subscription)")
     _add_output(parser, OBJECT_FORMATS)
-    parser.set_defaults(run=_admin_runner(name, options, render))
+    parser.set_defaults(run=_admin_runner(name, options, render), admin_command=name,
+                        admin_options=options)
 
 
 def _admin_runner(name: str, options: Callable[[argparse.Namespace], dict[str, Any]],
@@ -247,6 +248,13 @@ async def _sync_command(args: argparse.Namespace) -> int:
     if get_settings().paused and not args.dry_run:
         print(UNPAUSE_HINT, file=sys.stderr)
         return 1
+    if not args.dry_run and admin.deployed_storage(get_settings()):
+        identity = await admin.current_identity(get_settings())
+        if identity.kind != "app":
+            print(f"sync writes SharePoint and the state table, and must act as the app, not as "
+                  f"{identity.text}: ask the deployed app with `POST /api/sync` (README, "
+                  "\"Functions\"), or use --dry-run", file=sys.stderr)
+            return 1
     console = Console(stderr=True)
     results: list[SyncResult] = []
     async with open_context(get_settings(), get_credential()) as context:

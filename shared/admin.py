@@ -154,7 +154,8 @@ async def replay_poison_command(settings: Settings, options: dict[str, Any]) -> 
 
 
 register("subscription", subscription_command, writes=lambda o: o.get("action") in ("ensure", "delete"))
-register("reconcile", reconcile_command, writes=lambda o: not o.get("dry_run"))
+# a dry run queues nothing but still takes the reconciliation lease in the state table
+register("reconcile", reconcile_command, writes=True)
 register("counters", counters_command, writes=lambda o: o.get("action") == "rebuild")
 register("replay-poison", replay_poison_command, writes=lambda o: not o.get("dry_run"))
 
