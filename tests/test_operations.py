@@ -98,7 +98,7 @@ def test_status_and_health_report_the_same_figures(app_env: dict[str, str], sim:
                                                    three_unlinked: list) -> None:
     linked = next(u for u in sim.users() if u.photo and u.accountEnabled and u.profile_linked)
     deliver(linked.id)
-    summary = json.loads(cli("status", "--output", "jsonl").stdout)
+    summary = json.loads(cli("status", "--json").stdout)
     assert summary["outcomes"] == {"needs_profile_link": len(three_unlinked), "updated": 1}
     assert summary["subscription"] is None and summary["lastReconcile"] is None
     assert summary["queues"][app_env["PHOTO_SYNC_QUEUE"] + "-poison"] == 0
