@@ -176,3 +176,23 @@ def test_paused_writes_nothing(sim: TenantSimulator, functions_host: LocalFuncti
     status = cli("status")
     assert "paused" in status.stdout and "PHOTO_SYNC_PAUSED" in status.stdout
     assert cli("sync", member.id).returncode == 1 and sim.written_files() == {}
+
+
+def test_the_local_host_refuses_routes_under_admin_like_the_functions_host() -> None:
+    import azure.functions as func
+
+    from simulator.functions_host import LocalHttpHost
+
+    app = func.FunctionApp()
+
+    @app.route(route="admin/{command}", methods=["POST"], auth_level=func.AuthLevel.ADMIN)
+    async def reserved(req: func.HttpRequest) -> func.HttpResponse:
+        return func.HttpResponse("served")
+
+    host = LocalHttpHost(app, FUNCTION_KEY, master_key=MASTER_KEY).start()
+    try:
+        answer = httpx.post(f"{host.url}/api/admin/anything",
+                            headers={"x-functions-key": MASTER_KEY}, timeout=30)
+        assert answer.status_code == 404  # the function is in error, as in Azure
+    finally:
+        host.stop()
