@@ -68,6 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except remote.RemoteError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except AzureError as error:  # e.g. 403 AuthorizationPermissionMismatch: a role is missing
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        print(f"error: {type(error).__name__}: {first}", file=sys.stderr)
+        return 1
     return 2
 
 
@@ -77,9 +81,14 @@ def load_local_settings(path: Path = LOCAL_SETTINGS) -> None:
     if not path.is_file():
         return
     try:
-        values = json.loads(path.read_text(encoding="utf-8-sig")).get("Values") or {}
+        document = json.loads(path.read_text(encoding="utf-8-sig"))
+        values = document.get("Values") or {}
     except (OSError, ValueError, AttributeError) as error:
         print(f"warning: {path} ignored: {error}", file=sys.stderr)
+        return
+    if document.get("IsEncrypted"):
+        print(f"warning: {path} ignored: its values are encrypted (`func settings decrypt`)",
+              file=sys.stderr)
         return
     for name, value in values.items():
         if isinstance(value, str) and value != "" and name not in os.environ:

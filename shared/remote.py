@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import shutil
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,8 @@ log = logging.getLogger("photo_sync.remote")
 # Azure's front end answers 504 itself after 230 s.
 REQUEST_TIMEOUT_SECONDS = 240.0
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# Function App names: letters, digits and hyphens, 2-60 characters (Microsoft.Web naming rules)
+_APP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,58}[A-Za-z0-9]$")
 
 
 class RemoteError(RuntimeError):
@@ -64,6 +67,8 @@ async def az(*args: str, secret: bool = False) -> str:
 
 async def find_app(name: str, resource_group: str | None) -> App:
     """The app's host name (and its resource group when not given), from Azure Resource Manager."""
+    if not _APP_NAME.match(name):
+        raise RemoteError(f"{name[:80]!r} is not a Function App name (letters, digits, hyphens)")
     if resource_group:
         host = (await az("functionapp", "show", "--name", name, "--resource-group", resource_group,
                          "--query", "defaultHostName", "--output", "tsv")).strip()

@@ -138,6 +138,9 @@ def test_a_user_cannot_write_to_a_deployed_apps_storage_from_a_shell(
         done = cli(*command, env=deployed_storage)
         assert done.returncode == 1, (command, done.stdout, done.stderr)
         assert "--app NAME" in done.stderr and "as user admin@" in done.stderr, command
+    member = "adele.vance@contoso.onmicrosoft.com"
+    sync = cli("sync", member, env=deployed_storage)
+    assert sync.returncode == 1 and "POST /api/sync" in sync.stderr
     # counting the poison queue writes nothing: not refused (it goes on to read the queue)
     assert "--app NAME" not in cli("replay-poison", "--dry-run", env=deployed_storage).stderr
 
