@@ -96,13 +96,15 @@ def load_local_settings(path: Path = LOCAL_SETTINGS) -> None:
 
 
 def _log_requests(verbose: bool) -> None:
-    """--verbose: one line per HTTP request (method, URL, status) from httpx and the Azure SDK's
-    logging policy, which redacts the Authorization header; never a token or a key."""
+    """--verbose: Graph, SharePoint and the admin endpoint through httpx (one line per request:
+    method, URL, status), storage through the Azure SDK's logging policy (request and response
+    headers, with Authorization and signatures redacted by the SDK). httpx never logs headers,
+    so no token or key reaches the log."""
     if not verbose:
         return
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s", stream=sys.stderr)
-    for name in ("httpx", "photo_sync.remote"):
-        logging.getLogger(name).setLevel(logging.DEBUG if name.startswith("photo") else logging.INFO)
+    logging.getLogger("httpx").setLevel(logging.INFO)
+    logging.getLogger("photo_sync.remote").setLevel(logging.DEBUG)
     logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.INFO)
 
 
@@ -392,9 +394,8 @@ async def _status_command(args: argparse.Namespace) -> int:
     if args.output == "csv":
         await _write_csv(rows)
     elif args.output in ("json", "jsonl"):
-        exported = [{**operations.export_row(row), "photoEtag": row.seen_etag}
-                    async for row in rows]
-        _emit_rows(exported, args.output, "users")
+        await _stream_json(({**operations.export_row(row), "photoEtag": row.seen_etag}
+                            async for row in rows), args.output, "users")
     else:
         await _print_states(rows, args.limit)
     for key in unknown:
@@ -402,6 +403,21 @@ async def _status_command(args: argparse.Namespace) -> int:
     if missing:
         print(TABLE_MISSING.format(table=settings.state_table), file=sys.stderr)
     return 0
+
+
+async def _stream_json(rows: AsyncIterator[dict[str, Any]], output: str, key: str) -> None:
+    """Like _emit_rows, row by row: a tenant's export never sits in memory whole."""
+    out = sys.stdout
+    if output == "jsonl":
+        async for row in rows:
+            out.write(json.dumps(row) + "\n")
+        return
+    out.write(json.dumps(key).join(("{", ": [")))
+    separator = ""
+    async for row in rows:
+        out.write(separator + json.dumps(row))
+        separator = ", "
+    out.write("]}\n")
 
 
 async def _aiter(items: list[UserState]) -> AsyncIterator[UserState]:
