@@ -86,6 +86,22 @@ param reconcileSchedule string = '0 0 */6 * * *'
 @description('Sync guest accounts too (app setting SYNC_INCLUDE_GUESTS): true/false, yes/no, on/off, 1/0.')
 param includeGuests string = 'true'
 
+// A first deployment can start paused (README, "Deploy to a real tenant"): the app is there, with its
+// identity and admin endpoint, but writes nothing until this is false again (`azd env set
+// PHOTO_SYNC_PAUSED false`, then `azd provision`).
+@allowed([
+  'true'
+  'false'
+  'yes'
+  'no'
+  'on'
+  'off'
+  '1'
+  '0'
+])
+@description('Deployed but paused (app setting PHOTO_SYNC_PAUSED): no subscription, nothing queued or written.')
+param paused string = 'false'
+
 @allowed([
   'true'
   'false'
@@ -366,6 +382,7 @@ module api './app/api.bicep' = {
     reconcileSchedule: reconcileSchedule
     includeGuests: includeGuests
     enabledOnly: enabledOnly
+    paused: paused
     includeGroups: includeGroups
     excludeGroups: excludeGroups
   }

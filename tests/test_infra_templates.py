@@ -170,7 +170,7 @@ def test_boolean_words_allowed_by_the_template_are_the_ones_the_app_accepts() ->
         if not reader.problems:
             accepted.add(word)
     declared = bicep_param_decls(MAIN_BICEP)
-    for name in ("includeGuests", "enabledOnly"):
+    for name in ("includeGuests", "enabledOnly", "paused"):
         assert set(declared[name].allowed or []) == accepted, name
 
 
@@ -213,6 +213,7 @@ BUILT_IN_ROLES = {
     "Storage Queue Data Contributor": "974c5e8b-45b9-4653-ba55-5f855dd0fb88",
     "Storage Table Data Contributor": "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3",
     "Storage Table Data Reader": "76199698-9eea-4c19-bc75-cec21354c6b6",
+    "Storage Queue Data Reader": "19e7f393-937e-4f77-808e-94535e297925",
     "Monitoring Metrics Publisher": "3913510d-42f4-4e42-8a64-420c390055eb",
 }
 

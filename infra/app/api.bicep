@@ -31,6 +31,7 @@ param reconcileSchedule string
 // Strings, not bool: the app reads true/false, yes/no, on/off, 1/0 (see main.bicep).
 param includeGuests string = 'true'
 param enabledOnly string = 'true'
+param paused string = 'false'
 param includeGroups string = ''
 param excludeGroups string = ''
 
@@ -143,6 +144,7 @@ var appSettings = {
   RECONCILE_SCHEDULE: reconcileSchedule
   SYNC_INCLUDE_GUESTS: includeGuests
   SYNC_ENABLED_ONLY: enabledOnly
+  PHOTO_SYNC_PAUSED: paused
   // Scale-out within the SharePoint budget: each process paces at the budget / max instances.
   PHOTO_SYNC_MAX_INSTANCES: string(maximumInstanceCount)
   SHAREPOINT_RU_PER_MINUTE: string(sharePointRuPerMinute)
