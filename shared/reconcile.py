@@ -225,7 +225,10 @@ async def check_hot(settings: Settings, graph: GraphDirectory, state: StateStore
                 found = {u.id: HotUser(u.id, "photo", int(now.timestamp()))
                          for u in changed if seen.knows(u.id)}
                 cursor = await state.get_cursor()
-                hot = merge_hot(hot, found, now, hot_limit(settings, cursor.scope_users or 0))
+                # before the first complete pass the scope is unknown: keep what the pass chose
+                limit = hot_limit(settings, cursor.scope_users) if cursor.scope_users \
+                    else len(hot) + len(found)
+                hot = merge_hot(hot, found, now, limit)
                 await state.save_hot(hot)
         await state.save_hot_check(now, len(hot))
         return report
