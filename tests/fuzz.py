@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         reset_process_caches()
         harness = Harness(env, sim)
         try:
+            harness.warm_up()
             for name in FUNCTIONS:
                 run(harness, name, per_function)
         finally:
