@@ -64,12 +64,21 @@ RESCHEDULE_JITTER = 0.1
 # Graph wants a webhook's answer within 3 s: storing its messages (and, for lifecycle events, reading
 # the subscription record) gets this long; what is stored by then counts (see _store).
 WEBHOOK_STORE_SECONDS = 2.0
+# While PHOTO_SYNC_PAUSED, a sync message that still arrives comes back after this long (it is
+# queued again, never failed: a long pause poisons nobody and loses nothing).
+PAUSED_RETRY_SECONDS = 15 * 60
+UNPAUSE_HINT = ("photo-sync is paused (PHOTO_SYNC_PAUSED=true): it writes nothing. To unpause: "
+                "`azd env set PHOTO_SYNC_PAUSED false` and `azd provision` (or set the app "
+                "setting PHOTO_SYNC_PAUSED to false)")
 
 
 @functools.cache
 def get_settings() -> Settings:
-    """Read app settings once per process; a bad setting fails every trigger with its name."""
-    return Settings.from_env()
+    """Read app settings once per process; a bad setting fails every trigger with its name.
+    Log records lose UPNs from here on, unless PHOTO_SYNC_LOG_UPNS says otherwise."""
+    settings = Settings.from_env()
+    telemetry.protect_upns_in_logs(not settings.log_upns)
+    return settings
 
 
 @functools.cache
@@ -186,6 +195,8 @@ async def handle_sync_message(body: str | bytes, dequeue_count: int = 1,
             await poison_now(get_settings().queue_name, body)
             return None
         try:
+            if get_settings().paused:
+                raise Throttled("photo-sync is paused", PAUSED_RETRY_SECONDS)
             if PROCESS_CLIENTS:
                 clients = await process_clients()
                 result = await sync_user(clients.context, request)
@@ -239,6 +250,8 @@ async def handle_sync_request(body: bytes) -> tuple[int, dict[str, Any]]:
         log.warning("manual sync request refused: %s", error)
         return 413 if isinstance(error, InputTooLarge) else 400, {"error": str(error)}
     settings = get_settings()
+    if settings.paused:
+        return 409, {"error": UNPAUSE_HINT, "paused": True}
     try:
         if everyone:
             await send_control(settings, {"action": "reconcile", "force": force})
@@ -279,6 +292,9 @@ async def handle_notification(params: dict[str, str], body: bytes) -> Answer:
     parsed = _accept(params, body)
     if not isinstance(parsed, ParsedNotifications):
         return parsed
+    if get_settings().paused:  # the reconciliation after unpausing finds these changes
+        log.info("notifications ignored: photo-sync is paused", extra={"dropped": len(parsed.user_ids)})
+        return ACCEPTED
     if parsed.user_ids:
         settings = get_settings()
         queue_name, texts = _notified_messages(settings, parsed.user_ids)
@@ -296,6 +312,9 @@ async def handle_lifecycle(params: dict[str, str], body: bytes) -> Answer:
     parsed = _accept(params, body)
     if not isinstance(parsed, ParsedNotifications):
         return parsed
+    if get_settings().paused:
+        log.info("lifecycle notifications ignored: photo-sync is paused")
+        return ACCEPTED
     events = list(dict.fromkeys(parsed.lifecycle))
     if not events:
         return ACCEPTED
@@ -384,12 +403,12 @@ def control_queue_name(settings: Settings) -> str:
 
 
 async def send_control(settings: Settings, message: dict[str, Any],
-                       interactive: bool = True) -> None:
+                       interactive: bool = True, delay: int = 0) -> None:
     text = queue_text(message)
     client = queue_client(settings.storage, control_queue_name(settings), interactive=interactive)
     async with client:
         await create_queue_if_missing(client)
-        await client.send_message(text)
+        await client.send_message(text, visibility_timeout=delay or None)
 
 
 async def poison_now(queue_name: str, body: str | bytes) -> None:
@@ -414,6 +433,10 @@ async def handle_control_message(body: str | bytes) -> dict[str, Any]:
         log.error("control message refused: %s", error)
         await poison_now(control_queue_name(get_settings()), body)
         return {"refused": str(error)}
+    if get_settings().paused:  # put back for later, like a paused sync message
+        await send_control(get_settings(), message.model_dump(mode="json"), interactive=False,
+                           delay=PAUSED_RETRY_SECONDS)
+        return {"paused": True, "action": message.action, "retryInSeconds": PAUSED_RETRY_SECONDS}
     if isinstance(message, ReconcileControl):
         report = await run_reconcile(force=message.force)
         return report.as_dict()
@@ -464,6 +487,10 @@ async def handle_timer() -> dict[str, Any]:
     """The timer: keep the subscription alive, then reconcile everyone; whatever happened, log
     the "photo-sync health" record the alert rules read."""
     settings = get_settings()
+    if settings.paused:  # no subscription, nothing queued; the health record still says so
+        log.info(UNPAUSE_HINT)
+        await log_health(settings)
+        return {"paused": True}
     try:
         async with open_context(settings, get_credential()) as context:
             subscription = await ensure_subscription(settings, context.graph, context.state)
