@@ -34,7 +34,7 @@ MAX_QUEUE_MESSAGE_BYTES = 64 * 1024  # Azure Storage's limit for one message, as
 MAX_USER_KEY_LENGTH = 256
 MAX_UPN_PREFIX_LENGTH = 113  # as in the first UPN pattern; the whole key: MAX_USER_KEY_LENGTH
 MAX_VALIDATION_TOKEN_LENGTH = 1024
-MAX_CLIENT_STATE_LENGTH = 255  # Graph's documented maximum for clientState
+MAX_CLIENT_STATE_LENGTH = 128  # Graph allows 128 (subscription resource); so does GRAPH_CLIENT_STATE
 MAX_USERS_PER_REQUEST = 10_000
 NOTIFIED_CHUNK = 500  # object ids per control message: about 27 kB of the 64 KiB, base64 included
 
