@@ -73,8 +73,8 @@ RESCHEDULE_JITTER = 0.1
 # The reconcile timer's NCRONTAB: second 0 of every minute. How often a pass runs is
 # RECONCILE_INTERVAL, decided at each tick (shared/reconcile.py, pass_due).
 TIMER_SCHEDULE = "0 * * * * *"
-# Graph wants a webhook's answer within 3 s: storing its messages (and, for lifecycle events, reading
-# the subscription record) gets this long; what is stored by then counts (see _store).
+# Graph wants a webhook's answer within 3 s: storing its messages (and, for lifecycle events,
+# reading the subscription record) gets this long; what is stored by then counts (see _store).
 WEBHOOK_STORE_SECONDS = 2.0
 # While PHOTO_SYNC_PAUSED, a sync message that still arrives comes back after this long (it is
 # queued again, never failed: a long pause poisons nobody and loses nothing).
@@ -345,7 +345,8 @@ async def handle_lifecycle(params: dict[str, str], body: bytes) -> Answer:
     settings = get_settings()
     deadline = time.monotonic() + WEBHOOK_STORE_SECONDS
     try:
-        async with asyncio.timeout(WEBHOOK_STORE_SECONDS), StateStore.from_settings(settings) as state:
+        async with asyncio.timeout(WEBHOOK_STORE_SECONDS), \
+                StateStore.from_settings(settings) as state:
             record = await state.get_subscription()
     except (AzureError, TimeoutError) as error:
         log.error("could not read the subscription record: %s", type(error).__name__)
