@@ -817,7 +817,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"{verdict(fresh['hot_p95'] <= fresh['goal_hot_p95'])}; "
                       f"{fresh['samples']}/{fresh['changes']} changes seen "
                       f"({fresh['hot_samples']} hot), {fresh['passes']} passes, hot check "
-                      f"{fresh['hot_check_seconds']:.1f} s, Graph requests {fresh['graph_requests']}")
+                      f"{fresh['hot_check_seconds']:.1f} s, Graph requests "
+                      f"{fresh['graph_requests']}")
         for line in freshness.freshness_lines(fresh):
             print(line, flush=True)
     if lag:

@@ -89,7 +89,8 @@ def build_graph_client(settings: Settings, credential: CachingCredential, http: 
                        max_retries: int = 3) -> GraphServiceClient:
     host = urlsplit(settings.graph_base_url).hostname or ""
     # the async face of the process's credential: Kiota awaits it, so no token call blocks the loop
-    auth = AzureIdentityAuthenticationProvider(credential.for_loop(), scopes=[scope_for(settings.graph_base_url)],
+    auth = AzureIdentityAuthenticationProvider(credential.for_loop(),
+                                               scopes=[scope_for(settings.graph_base_url)],
                                                allowed_hosts=[host])
     http = GraphClientFactory.create_with_default_middleware(
         client=http,

@@ -20,9 +20,9 @@ So every SharePoint request of a worker process goes through one `SharePointPace
 Graph photo requests are served by Outlook, which runs at most 4 requests per app at once, and
 inside a JSON $batch "executes up to 4 requests in parallel" (microsoft-graph-docs-contrib,
 concepts/throttling-limits.md, "Outlook service limits"). `PhotoGate` keeps a process's photo
-requests within GRAPH_PHOTO_CONCURRENCY / PHOTO_SYNC_MAX_INSTANCES slots (a $batch takes up to 4) and
-gives reconciliation at most half of them while sync messages are waiting, and `AdaptiveLimit` lets
-reconciliation halve its $batch concurrency when items still come back 429.
+requests within GRAPH_PHOTO_CONCURRENCY / PHOTO_SYNC_MAX_INSTANCES slots (a $batch takes up to 4)
+and gives reconciliation at most half of them while sync messages are waiting, and
+`AdaptiveLimit` lets reconciliation halve its $batch concurrency when items still come back 429.
 
 Asyncio primitives belong to one event loop; the Functions worker runs one loop per process, tests
 start many. The pacing state (how long to stay quiet) is shared by the process, the primitives are

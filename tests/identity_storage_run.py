@@ -1,5 +1,6 @@
-"""Run by tests/test_clients_closed.py in a child process (`python -X dev -m tests.identity_storage_run
-<user id>`): one queued sync and one timer tick with identity-based storage settings, then exit.
+"""Run by tests/test_clients_closed.py in a child process
+(`python -X dev -m tests.identity_storage_run <user id>`): one queued sync and one timer tick with
+identity-based storage settings, then exit.
 
 A child process, because what the test looks for appears only when objects are collected and the
 interpreter exits: aiohttp's "Unclosed client session" / "Unclosed connector" (logged at ERROR by

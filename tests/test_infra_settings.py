@@ -371,7 +371,8 @@ def test_main_parameters_file_matches_main_bicep() -> None:
     required = {name for name, has_default in params.items() if not has_default}
     assert required <= set(given), fail_listing("required parameters missing from "
                                                 "main.parameters.json", required - set(given))
-    for name in ("sharePointMySiteUrl", "sharePointAdminUrl", "reconcileIntervalMinutes", "includeGuests",
+    for name in ("sharePointMySiteUrl", "sharePointAdminUrl", "reconcileIntervalMinutes",
+                 "includeGuests",
                  "environmentName", "location", "graphClientState"):
         assert name in params, name
 

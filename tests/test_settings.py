@@ -123,5 +123,6 @@ def test_the_deprecated_schedule_is_still_read_and_says_so(schedule: str, minute
     settings = Settings.from_env({**BASE, "RECONCILE_SCHEDULE": schedule})
     assert settings.reconcile_interval_minutes == minutes
     assert settings.deprecations and "RECONCILE_INTERVAL" in settings.deprecations[0]
-    explicit = Settings.from_env({**BASE, "RECONCILE_SCHEDULE": schedule, "RECONCILE_INTERVAL": "7"})
+    explicit = Settings.from_env({**BASE, "RECONCILE_SCHEDULE": schedule,
+                                  "RECONCILE_INTERVAL": "7"})
     assert explicit.reconcile_interval_minutes == 7 and "ignored" in explicit.deprecations[0]
