@@ -7,11 +7,11 @@ unchanged user costs 1/20 of a Graph request and no SharePoint request. Memory h
 users and a compact index of the state table (about 80 bytes per user); a run that reaches its
 time budget saves the page link and the next run resumes.
 
-When: the timer ticks every minute (function_app.py); `pass_due` and `hot_due` decide. A pass starts when
-RECONCILE_INTERVAL minutes have passed since the previous pass started; between passes the **hot
-set** is checked every RECONCILE_HOT_INTERVAL minutes: users created in the last 14 days (Graph's
-createdDateTime, read by the pass at no extra request) or whose photo photo-sync saw change in the
-last 30 days, most recent first, at most RECONCILE_HOT_PERCENT of the users in scope.
+When: the timer ticks every minute (function_app.py); `pass_due` and `hot_due` decide. A pass
+starts when RECONCILE_INTERVAL minutes have passed since the previous pass started; between passes
+the **hot set** is checked every RECONCILE_HOT_INTERVAL minutes: users created in the last 14 days
+(Graph's createdDateTime, read by the pass at no extra request) or whose photo photo-sync saw
+change in the last 30 days, most recent first, at most RECONCILE_HOT_PERCENT of the users in scope.
 Reconciliation's photo requests are background traffic at the PhotoGate (shared/pacing.py): while
 sync messages wait it holds at most half of Outlook's slots, with $batch requests no larger than
 that. "Waiting" means syncs of this process waiting for a slot, or more messages in the queue than
