@@ -23,6 +23,9 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 TICK_SECONDS = 60.0
+# No Graph subscription in these scenarios (photo changes never notify; the webhook is called
+# directly): clear what an earlier scenario of the same run left in the environment.
+NO_WEBHOOK = {"NOTIFICATION_URL": "", "LIFECYCLE_NOTIFICATION_URL": ""}
 GOALS = {"loop_lag_max_ms": 100.0, "hot_margin_seconds": 60.0, "pass_factor": 1.2,
          "pass_margin_seconds": 60.0}
 
@@ -49,7 +52,7 @@ def freshness(azurite: Any, args: argparse.Namespace, console: Any) -> dict[str,
     suffix = uuid.uuid4().hex[:8]
     env = local_app_settings(azurite, sim, queue=f"fresh-{suffix}", table=f"fresh{suffix}")
     env.update({"RECONCILE_INTERVAL": str(interval),
-                "RECONCILE_HOT_INTERVAL": str(hot_interval)})
+                "RECONCILE_HOT_INTERVAL": str(hot_interval), **NO_WEBHOOK})
     users = sim.users()
     with_photo = [u for u in users if sim.photo(u.id) is not None]
     # 2 % of the tenant joined in the last 14 days: the hot set (bounded at 5 %) holds them
@@ -154,7 +157,8 @@ def loop_lag(azurite: Any, args: argparse.Namespace, console: Any) -> dict[str, 
                                       linked_ratio=1.0)).start()
     sim.latency_ms = args.latency_ms
     suffix = uuid.uuid4().hex[:8]
-    env = local_app_settings(azurite, sim, queue=f"lag-{suffix}", table=f"lag{suffix}")
+    env = {**local_app_settings(azurite, sim, queue=f"lag-{suffix}", table=f"lag{suffix}"),
+           **NO_WEBHOOK}
     import os
 
     os.environ.update(env)
