@@ -194,7 +194,10 @@ def _print_results(results: list[SyncResult], as_json: bool) -> None:
     counts: dict[str, int] = {}
     for result in results:
         counts[result.outcome.value] = counts.get(result.outcome.value, 0) + 1
-    Console().print(", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items())) or "no users")
+    summary = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items())) or "no users"
+    if any(r.dry_run for r in results):
+        summary = f"dry run, nothing written: a real run would give {summary}"
+    Console(highlight=False).print(summary)
 
 
 def _outcome_list(text: str) -> list[str]:

@@ -12,7 +12,7 @@ import asyncio
 import csv
 import io
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
@@ -29,6 +29,7 @@ from .queue import (
 from .settings import Settings
 from .sharepoint import ProfileWriteRefused, SharePointError, SharePointProfiles, new_stem
 from .state import StateStore, UserState, table_client, utc_now
+from .writes import IntendedWrites, SharePointWrites, Writes
 
 NEEDS_LINK = "needs_profile_link"
 
@@ -203,6 +204,7 @@ class LinkResult:
     linked: bool
     reason: str
     code: str = ""
+    dry_run: bool = False  # what the real run would answer; nothing was written
 
 
 async def users_needing_link(store: StateStore) -> AsyncIterator[UserState]:
@@ -241,9 +243,14 @@ async def link_profiles(settings: Settings, admin_credential: CachingCredential,
     only the listed `users` (ids or UPNs, e.g. from a CSV export) when given.
 
     Each success is recorded at once (outcome `updated`), so a second run continues with the rest.
+    A dry run takes the same steps through a writer that writes nothing (shared/writes.py) and
+    expects the administrator's write to be accepted.
     """
     sharepoint = SharePointProfiles.from_settings(settings, admin_credential)
     store = StateStore.from_settings(settings)
+    # an administrator's delegated rights say nothing about the app's: never recorded as the app's
+    writes: Writes = IntendedWrites("allowed") if dry_run else \
+        SharePointWrites(sharepoint, store, learn=False)
     try:
         skipped: list[LinkResult] = []
         if users is None:
@@ -251,31 +258,28 @@ async def link_profiles(settings: Settings, admin_credential: CachingCredential,
         else:
             pending = await _listed(store, users, skipped)
         for result in skipped:
-            yield result
+            yield replace(result, dry_run=dry_run)
         for state in pending:
             # exactly the files the app uploaded for this user (recorded in the state table)
             stem = state.picture_stem or new_stem(settings.thumbnail_naming, state.user_id, state.upn)
-            if dry_run:
-                yield LinkResult(state.user_id, state.upn, False,
-                                 f"dry run: would link to {await sharepoint.picture_url(stem)}",
-                                 reasons.DRY_RUN.code)
-                continue
             try:
-                await sharepoint.link_picture(state.upn, stem)
+                await writes.link_picture(state.upn, stem)
             except ProfileWriteRefused as refused:
                 yield LinkResult(state.user_id, state.upn, False,
                                  f"{refused}: sign in as a SharePoint administrator",
-                                 reasons.ADMIN_LINK_REFUSED.code)
+                                 reasons.ADMIN_LINK_REFUSED.code, dry_run)
                 continue
             except SharePointError as error:
                 yield LinkResult(state.user_id, state.upn, False, str(error),
-                                 reasons.LINK_ERROR.code)
+                                 reasons.LINK_ERROR.code, dry_run)
                 continue
             state.outcome, state.reason = "updated", reasons.LINKED_BY_ADMIN.sentence
             state.reason_code = reasons.LINKED_BY_ADMIN.code
             state.picture_stem, state.profile_linked = stem, True
-            await store.save(state)
-            yield LinkResult(state.user_id, state.upn, True, state.reason, state.reason_code)
+            await writes.save(state)
+            reason = state.reason if not dry_run else \
+                f"{state.reason} (would link to {await sharepoint.picture_url(stem)})"
+            yield LinkResult(state.user_id, state.upn, True, reason, state.reason_code, dry_run)
     finally:
         await sharepoint.close()
         await store.close()

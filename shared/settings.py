@@ -81,6 +81,8 @@ class Settings:
     sharepoint_ru_per_minute: int = DEFAULT_SHAREPOINT_RU_PER_MINUTE
     max_instances: int = 1
     graph_photo_concurrency: int = DEFAULT_GRAPH_PHOTO_CONCURRENCY
+    # THUMBNAIL_SIZES was set: it wins over the L size learnt from the tenant's files (sync.py)
+    thumbnail_sizes_configured: bool = False
 
     @property
     def poison_queue_name(self) -> str:
@@ -190,6 +192,7 @@ class Settings:
             max_instances=reader.positive_int("PHOTO_SYNC_MAX_INSTANCES", 1),
             graph_photo_concurrency=reader.positive_int("GRAPH_PHOTO_CONCURRENCY",
                                                         DEFAULT_GRAPH_PHOTO_CONCURRENCY),
+            thumbnail_sizes_configured=bool((env.get("THUMBNAIL_SIZES") or "").strip()),
         )
         if reader.problems:
             raise SettingsError(reader.problems)

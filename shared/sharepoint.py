@@ -50,7 +50,12 @@ class SharePointThrottled(SharePointError, Throttled):
 
 
 class ProfileWriteRefused(RuntimeError):
-    """SharePoint refuses profile property writes to this (app-only) identity."""
+    """SharePoint refuses profile property writes to this (app-only) identity; `status` is the
+    HTTP status that said so (the tenant's profile-write record keeps it)."""
+
+    def __init__(self, message: str, status: int = 403) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class PhotosFolderUnknown(SharePointError):
@@ -158,6 +163,9 @@ class SharePointProfiles:
         # server-relative, e.g. "/User Photos/Profile Pictures"; None until learned or discovered
         self._folder: str | None = f"{self._site_path}/{photos_folder.strip('/')}" \
             if photos_folder else None
+        # the tenant's L thumbnail size in pixels, learnt from an existing file (shared/sync.py)
+        self.large_px: int | None = None
+        self.large_px_attempts = 0
 
     @classmethod
     def from_settings(cls, settings: Settings, credential: CachingCredential) -> SharePointProfiles:
@@ -229,6 +237,29 @@ class SharePointProfiles:
         response = await self._http.post(url, content=data, headers={"Content-Type": "image/jpeg"})
         _raise_for_status(response, f"uploading {suffix} thumbnail")
 
+    async def read_folder(self) -> tuple[str, int]:
+        """The photos folder (server-relative) and its item count, read from SharePoint: proves the
+        library and the folder are readable, even when SHAREPOINT_PHOTOS_FOLDER names it."""
+        path = await self.folder_path()
+        url = (f"{self.mysite_url}/_api/web/GetFolderByServerRelativePath("
+               f"decodedurl={odata_literal(path)})")
+        response = await self._http.get(url)
+        if response.status_code == 404:
+            raise PhotosFolderUnknown(f"the photos folder {path} does not exist on the My Site host")
+        _raise_for_status(response, "reading the photos folder")
+        return path, int(response.json().get("ItemCount") or 0)
+
+    async def download(self, stem: str, suffix: str) -> bytes | None:
+        """The bytes of `{stem}_{suffix}Thumb.jpg` in the photos folder; None when it is missing."""
+        path = f"{await self.folder_path()}/{stem}_{suffix}Thumb.jpg"
+        url = (f"{self.mysite_url}/_api/web/GetFileByServerRelativePath("
+               f"decodedurl={odata_literal(path)})/$value")
+        response = await self._http.get(url)
+        if response.status_code == 404:
+            return None
+        _raise_for_status(response, f"reading the {suffix} thumbnail")
+        return response.content
+
     async def delete(self, stem: str, suffix: str) -> None:
         path = f"{await self.folder_path()}/{stem}_{suffix}Thumb.jpg"
         url = (f"{self.mysite_url}/_api/web/GetFileByServerRelativePath("
@@ -258,7 +289,7 @@ class SharePointProfiles:
         response = await self._http.post(url, json={"accountName": claims_account(upn),
                                                      "propertyName": name, "propertyValue": value})
         if response.status_code in (401, 403) or _APP_ONLY_REFUSAL in response.text:
-            raise ProfileWriteRefused(_error_text(response))
+            raise ProfileWriteRefused(_error_text(response), response.status_code)
         _raise_for_status(response, f"writing {name}")
 
     async def link_picture(self, upn: str, stem: str) -> None:
