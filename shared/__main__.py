@@ -22,7 +22,7 @@ from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
-from . import counters, operations, reasons, subscriptions
+from . import counters, operations, preflight, reasons, subscriptions
 from .credentials import CachingCredential
 from .graph import GraphError
 from .handlers import get_credential, get_settings, run_reconcile
@@ -127,6 +127,8 @@ def _parser() -> argparse.ArgumentParser:
                               default="show")
     subscription.add_argument("--json", action="store_true")
     subscription.set_defaults(run=_subscription_command)
+
+    preflight.add_parser(commands)
     return parser
 
 

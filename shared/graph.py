@@ -60,6 +60,8 @@ class DirectoryUser:
 class GraphError(RuntimeError):
     """A Graph call failed in a way retrying this message may fix (5xx, throttled past retries)."""
 
+    status: int | None = None  # Graph's HTTP status, when it answered
+
 
 class GraphThrottled(GraphError, Throttled):
     """Throttled past the retries, or asked to wait longer than a sync waits in place: the
@@ -228,6 +230,15 @@ class GraphDirectory:
         etag = photo.get("@odata.mediaEtag")
         return str(etag) if etag else None
 
+    async def licence_count(self) -> int | None:
+        """Enabled licences of the tenant's user SKUs (`GET /subscribedSkus`, LicenseAssignment.Read.All):
+        what SharePoint's per-app budget tier follows; None when there are none."""
+        builder = self.client.subscribed_skus
+        body = await self._get_json(builder.to_get_request_information, "reading subscribedSkus")
+        skus = [s for s in (body or {}).get("value") or []
+                if s.get("appliesTo") == "User" and s.get("capabilityStatus") == "Enabled"]
+        return sum(int((s.get("prepaidUnits") or {}).get("enabled") or 0) for s in skus) or None
+
     async def get_photo_bytes(self, user_id: str) -> bytes | None:
         """The photo at 648x648 when Graph has that size, else the original; None if no photo."""
         user = self.client.users.by_user_id(user_id)
@@ -272,7 +283,9 @@ class GraphDirectory:
                     wait = max(wait, _retry_after(headers))
                 else:
                     code = body.get("error", {}).get("code") if isinstance(body, dict) else None
-                    raise GraphError(f"Graph answered {status} for a photo in a batch ({code})")
+                    failure = GraphError(f"Graph answered {status} for a photo in a batch ({code})")
+                    failure.status = status
+                    raise failure
             if not throttled:
                 return etags
             if on_throttled:
@@ -382,8 +395,10 @@ def _as_graph_error(error: ODataError, doing: str) -> GraphError:
         return GraphThrottled(f"Graph answered {error.response_status_code} while {doing}"
                               f"{f': {code}' if code else ''}",
                               throttle_wait(error.response_headers or {}))
-    return GraphError(f"Graph answered {error.response_status_code} while {doing}"
-                      f"{f': {code}' if code else ''}{f' ({message})' if message else ''}")
+    failure = GraphError(f"Graph answered {error.response_status_code} while {doing}"
+                         f"{f': {code}' if code else ''}{f' ({message})' if message else ''}")
+    failure.status = error.response_status_code
+    return failure
 
 
 class SubscriptionValidationFailed(GraphError):

@@ -43,6 +43,8 @@ _APP_ONLY_REFUSAL = "managing your own data or have administrator privileges"
 class SharePointError(RuntimeError):
     """A SharePoint call failed in a way a later retry may fix."""
 
+    status: int | None = None  # SharePoint's HTTP status, when it answered
+
 
 class SharePointThrottled(SharePointError, Throttled):
     """Throttled past the retries, or asked to wait longer than a sync waits in place: the
@@ -335,4 +337,6 @@ def _raise_for_status(response: httpx.Response, doing: str) -> None:
     if response.status_code in (429, 503):
         raise SharePointThrottled(f"{_error_text(response)} while {doing}",
                                   throttle_wait(response.headers))
-    raise SharePointError(f"{_error_text(response)} while {doing}")
+    failure = SharePointError(f"{_error_text(response)} while {doing}")
+    failure.status = response.status_code
+    raise failure

@@ -138,7 +138,7 @@ SEEDED_PICTURE_TIMESTAMP = "63838473600"  # 2023-12-01: when SharePoint last cop
 # getting throttled or blocked in SharePoint Online": `User-Agent: NONISV|CompanyName|AppName/Version`
 # or `ISV|...`; PnP PowerShell sends `NONISV|SharePointPnP|PnPPS/<version>`). Undecorated traffic is
 # throttled first there; the simulator counts it per host as "undecorated".
-_SEED_SUFFIXES = {"sthumb.jpg": 48, "mthumb.jpg": 72, "lthumb.jpg": 200}
+_SEED_SUFFIXES = {"sthumb.jpg": 48, "mthumb.jpg": 72, "lthumb.jpg": 200}  # L: tenant option
 _SEED_BYTES: dict[int, bytes] = {}
 
 
@@ -194,6 +194,8 @@ class TenantSimulator:
         self._claims_cache: dict[str, dict[str, Any] | None] = {}
         self._deliveries: list[Delivery] = []
         self.validations: list[dict[str, Any]] = []
+        # application permissions the app lacks: their routes answer 403 (simulator/permissions.py)
+        self.missing_permissions: set[str] = set()
         self._notifier: Notifier | None = None
         self._servers: dict[str, Any] = {}
         self.roots: dict[str, str] = {}
@@ -431,6 +433,8 @@ class TenantSimulator:
         if user is None or not user.profile_linked or suffix.lower() not in _SEED_SUFFIXES:
             return None
         size = _SEED_SUFFIXES[suffix.lower()]
+        if suffix.lower() == "lthumb.jpg":
+            size = self.tenant.options.large_thumbnail_px  # 200 or 300 (simulator/tenant.py)
         data = _seed_bytes(size)
         created = self._clock.base() - 86400 * 365
         file_name = f"{picture_stem(user)}_{suffix[0].upper()}Thumb.jpg"
@@ -707,7 +711,7 @@ class TenantSimulator:
     # ----------------------------------------------------------------- dispatch
     def serve(self, host: str, req: Request) -> Response:
         """Handle one HTTP request for listener ``host``."""
-        from . import control, graph, sharepoint
+        from . import control, graph, permissions, sharepoint
 
         if host == "graph" and req.path.startswith("/_sim/"):
             return control.handle(self, req)
@@ -730,6 +734,10 @@ class TenantSimulator:
         router = graph.route if host == "graph" else sharepoint.route_mysite if host == "mysite" else sharepoint.route_admin
         kind, handler = router(self, req)
         self.count(host, kind)
+        denied = permissions.refusal(self.missing_permissions, host, kind)
+        if denied is not None and claims.get("idtyp") == "app":
+            self.count(host, "denied")
+            return denied
         admission = self.budgets.admit(host, kind, req)
         if admission.refused is not None:
             return admission.refused
