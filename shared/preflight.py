@@ -45,7 +45,8 @@ from .sharepoint import (
     upn_stem,
 )
 from .state import StateStore
-from .sync import Outcome, SyncContext, SyncResult, sync_user
+from .outcomes import Outcome, SyncResult
+from .sync import SyncContext, sync_user
 from .thumbnails import picture_px, placeholder_thumbnails
 from .writes import UNTESTED_NOTE
 

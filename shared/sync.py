@@ -13,11 +13,11 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from enum import StrEnum
 
 from . import reasons, telemetry
 from .credentials import CachingCredential, build_credential
 from .graph import DirectoryUser, GraphDirectory
+from .outcomes import Outcome, SyncResult
 from .queue import SyncRequest
 from .scope import out_of_scope, scope_groups, uses_groups
 from .settings import Settings
@@ -40,36 +40,6 @@ from .thumbnails import (
 from .writes import UNTESTED_NOTE, IntendedWrites, SharePointWrites, Writes
 
 log = logging.getLogger("photo_sync.sync")
-
-
-class Outcome(StrEnum):
-    UPDATED = "updated"
-    UNCHANGED = "unchanged"
-    PHOTO_REMOVED = "photo_removed"
-    NO_PHOTO = "no_photo"
-    NEEDS_PROFILE_LINK = "needs_profile_link"
-    SKIPPED = "skipped"
-    FAILED = "failed"
-
-
-@dataclass(frozen=True)
-class SyncResult:
-    """One user's outcome, with a reason a person can act on."""
-
-    user_id: str
-    upn: str
-    outcome: Outcome
-    reason: str = ""
-    code: str = ""  # stable reason code, shared/reasons.py
-    dry_run: bool = False  # what a real run would do; nothing was written
-
-    def as_dict(self) -> dict[str, str | bool]:
-        row: dict[str, str | bool] = {"userId": self.user_id, "upn": self.upn,
-                                      "outcome": self.outcome.value, "reasonCode": self.code,
-                                      "reason": self.reason}
-        if self.dry_run:
-            row["dry_run"] = True
-        return row
 
 
 ResultFor = Callable[..., SyncResult]  # `result(outcome, reason, code)` bound to one user

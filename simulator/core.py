@@ -16,6 +16,7 @@ from typing import Any, Callable
 from .budgets import Budgets
 from .images import Blob, PhotoSpec, render
 from .notify import Delivery, Notifier
+from .permissions import refusal
 from .tenant import Tenant, User
 from .tokens import decode_token
 from .wire import JSON_SP, Request, Response, iso, json_response
@@ -189,7 +190,7 @@ class TenantSimulator:
         self._subs: dict[str, Subscription] = {}
         self._faults: list[Fault] = []
         self._counters: dict[str, Counter[str]] = {h: Counter() for h in HOSTS}
-        self.budgets = Budgets(self)  # throttling budgets, off unless turned on (simulator/budgets.py)
+        self.budgets = Budgets(self.now)  # throttling budgets, off unless turned on (simulator/budgets.py)
         self._revoked_before = float("-inf")
         self._claims_cache: dict[str, dict[str, Any] | None] = {}
         self._deliveries: list[Delivery] = []
@@ -711,7 +712,7 @@ class TenantSimulator:
     # ----------------------------------------------------------------- dispatch
     def serve(self, host: str, req: Request) -> Response:
         """Handle one HTTP request for listener ``host``."""
-        from . import control, graph, permissions, sharepoint
+        from . import control, graph, sharepoint
 
         if host == "graph" and req.path.startswith("/_sim/"):
             return control.handle(self, req)
@@ -734,7 +735,7 @@ class TenantSimulator:
         router = graph.route if host == "graph" else sharepoint.route_mysite if host == "mysite" else sharepoint.route_admin
         kind, handler = router(self, req)
         self.count(host, kind)
-        denied = permissions.refusal(self.missing_permissions, host, kind)
+        denied = refusal(self.missing_permissions, host, kind)
         if denied is not None and claims.get("idtyp") == "app":
             self.count(host, "denied")
             return denied

@@ -12,7 +12,9 @@ from urllib.parse import unquote
 
 from .core import PhotoState, Subscription
 from .notify import validate_endpoint
+from .permissions import refusal
 from .wire import CIDict, Request, Response, iso, json_response, parse_iso
+from .wire import graph_error as error
 
 if TYPE_CHECKING:
     from .core import TenantSimulator
@@ -35,12 +37,6 @@ _NULLS: dict[str, Any] = {
 }
 _PROPS = {p.lower(): p for p in (*_MODELLED, *_NULLS, "mailNickname")}
 DEFAULT_SELECT = ("id", "displayName", "userPrincipalName", "mail")
-
-
-def error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
-    """Graph error envelope."""
-    inner = {"date": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()), "request-id": str(uuid.uuid4())}
-    return json_response(status, {"error": {"code": code, "message": message, "innerError": inner}}, headers=headers)
 
 
 def _not_found_user(key: str) -> Response:
@@ -400,8 +396,6 @@ def _batch_item(sim: "TenantSimulator", outer: Request, item: dict[str, Any]) ->
     sub = Request(method, "/v1.0/" + path, qs, CIDict(item.get("headers") or {}), raw, outer.claims, True)
     kind, handler = route(sim, sub)
     sim.count("graph", kind)
-    from .permissions import refusal
-
     denied = refusal(sim.missing_permissions, "graph", kind)
     if denied is not None and outer.claims.get("idtyp") == "app":
         sim.count("graph", "denied")

@@ -21,10 +21,9 @@ makes the routes that need it refuse, the way each service refuses:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from .wire import JSON_SP, Response, graph_error, json_response
 
-if TYPE_CHECKING:
-    from .wire import Response
+ACCESS_DENIED = "-2147024891, System.UnauthorizedAccessException"  # as simulator/sharepoint.py
 
 SHAREPOINT_PROFILES = "SharePoint User.Read.All"
 SHAREPOINT_SITE = "SharePoint Sites.Selected"
@@ -58,14 +57,10 @@ def refusal(missing: set[str], host: str, kind: str) -> Response | None:
     if not needed or needed not in missing:
         return None
     if host == "graph":
-        from .graph import error
-
-        return error(403, "Authorization_RequestDenied",
-                     "Insufficient privileges to complete the operation.")
-    from .sharepoint import ACCESS_DENIED, sp_error
-
-    if host == "admin":
-        return sp_error(403, ACCESS_DENIED, "Access denied. This application does not have the "
-                        "required permissions to access profile information.")
-    return sp_error(403, ACCESS_DENIED, "Access denied. You do not have permission to perform "
-                    "this action or access this resource.")
+        return graph_error(403, "Authorization_RequestDenied",
+                           "Insufficient privileges to complete the operation.")
+    message = ("Access denied. This application does not have the required permissions to "
+               "access profile information.") if host == "admin" else \
+        "Access denied. You do not have permission to perform this action or access this resource."
+    return json_response(403, {"odata.error": {"code": ACCESS_DENIED, "message": {
+        "lang": "en-US", "value": message}}}, JSON_SP)
