@@ -33,7 +33,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench import scale
+from bench import preflight, scale
 
 ROOT = Path(__file__).resolve().parent.parent
 GOALS = {
@@ -632,6 +632,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "limits scenario (default 20)")
     parser.add_argument("--outlook-network-ms", type=float, default=2,
                         help="network latency per request in that scenario (default 2)")
+    parser.add_argument("--preflight-users", type=int, default=10_000,
+                        help="tenant size of the preflight scenario (0 skips it; default 10000)")
+    parser.add_argument("--preflight-sample", type=int, default=200,
+                        help="users preflight samples (default 200)")
     parser.add_argument("--json", metavar="PATH", help="also write every figure as JSON")
     args = parser.parse_args(argv)
     args.size_list = [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
@@ -656,6 +660,8 @@ def main(argv: list[str] | None = None) -> int:
             results.append(run_size(n, azurite, args))
         if args.initial_sync_users:
             initial = scale.initial_sync(azurite, args, console)
+        checked = preflight.preflight_bench(azurite, args, console) \
+            if args.preflight_users else None
     if results:
         print_tables(results, thumbs, args)
     scale.print_scale_tables(results, initial, args, console)
@@ -665,9 +671,11 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps(
             {"machine": info, "args": {k: v for k, v in vars(args).items()},
              "thumbnails": thumbs, "sizes": [r.__dict__ for r in results],
-             "initial_sync": initial}, indent=2, default=str))
+             "initial_sync": initial, "preflight": checked}, indent=2, default=str))
     if initial:
         print(scale.initial_sync_line(initial), flush=True)
+    if checked:
+        print(preflight.preflight_line(checked), flush=True)
     return 0
 
 
