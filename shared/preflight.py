@@ -572,8 +572,8 @@ def estimate_durations(settings: Settings, users: int, predicted: Counter[str],
     reconcile = [minutes(users * CHANGED_PER_PASS[0], OUTLOOK_SECONDS[0], best_cap),
                  minutes(users * CHANGED_PER_PASS[1], OUTLOOK_SECONDS[1], worst_cap)]
     return {
-        "first_sync_minutes": [round(v, 1) for v in first],
-        "reconcile_pass_minutes": [round(v, 1) for v in reconcile],
+        "first_sync_minutes": [round(v, 2) for v in first],
+        "reconcile_pass_minutes": [round(v, 2) for v in reconcile],
         "assumptions": [
             f"{users} users in scope, outcomes in the sample's predicted proportions",
             f"SharePoint: {ru} RU per minute (SHAREPOINT_RU_PER_MINUTE), {RU_PER_REQUEST} RU "
@@ -642,6 +642,15 @@ def exit_status(report: dict[str, Any]) -> int:
     return int(report.get("exit_code", 1))
 
 
+_FORMS = {"object_id": "object id", "upn": "UPN form", "other": "elsewhere",
+          "placeholder": "placeholder"}
+
+
+def _span(minutes: list[float]) -> str:
+    low, high = ("<0.1" if m < 0.1 else f"{m:.1f}" if m < 10 else f"{m:.0f}" for m in minutes)
+    return low if low == high else f"{low}-{high}"
+
+
 def render(report: dict[str, Any], width: int = WIDTH) -> str:
     """The report as text no wider than `width` columns."""
     lines: list[str] = []
@@ -672,7 +681,8 @@ def render(report: dict[str, Any], width: int = WIDTH) -> str:
         say("thumbnails: " + ", ".join(f"{s} {px[s]} px" if px[s] else f"{s} none read"
                                        for s in "SML"), "  ")
         say(f"photos folder: {survey['photos_folder']}", "  ")
-        guests = ", ".join(f"{n} {form}" for form, n in survey["guest_picture_url"].items())
+        guests = ", ".join(f"{n} {_FORMS.get(form, form)}"
+                           for form, n in survey["guest_picture_url"].items())
         say(f"guests: {survey['guests']}" + (f" ({guests})" if guests else ""), "  ")
         say(f"disabled users (whole directory): {survey['disabled']}; without a Microsoft 365 "
             f"photo: {survey['without_photo']}", "  ")
@@ -687,8 +697,7 @@ def render(report: dict[str, Any], width: int = WIDTH) -> str:
     first, again = durations["first_sync_minutes"], durations["reconcile_pass_minutes"]
     say("")
     say("Durations")
-    say(f"first full sync: {first[0]:g}-{first[1]:g} min; one reconcile pass: "
-        f"{again[0]:g}-{again[1]:g} min", "  ")
+    say(f"first full sync: {_span(first)} min; one reconcile pass: {_span(again)} min", "  ")
     for assumption in durations["assumptions"]:
         say(assumption, "  - ", "    ")
     say(report["licences"]["detail"], "  ")

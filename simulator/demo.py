@@ -55,6 +55,7 @@ def main() -> None:
 
 
 def run(sim: TenantSimulator, host: LocalFunctionsHost, key: str) -> None:
+    run_preflight()
     everyone = [u.userPrincipalName for u in sim.users()]
     console.rule("1. An admin queues every demo user: POST /api/sync {\"users\": [...]}")
     answer = httpx.post(f"{host.url}/api/sync", json={"users": everyone},
@@ -141,6 +142,17 @@ def describe(sim: TenantSimulator, upn: str) -> str:
     elif user.picture_naming == "upn":
         parts.append("older UPN-form profile")
     return ", ".join(parts)
+
+
+def run_preflight() -> None:
+    """Step 0, before anything is written: what photo-sync will do on this tenant (80 columns)."""
+    from shared.handlers import get_credential
+    from shared.preflight import WIDTH, preflight_command, render
+
+    print("0. Before turning it on: python -m shared preflight (read-only)".ljust(WIDTH, "-"))
+    report = asyncio.run(preflight_command(get_settings(), {"credential": get_credential()}))
+    print(render(report, WIDTH))
+    print(f"preflight exit code {report['exit_code']}: nothing was written")
 
 
 def show_outcomes(sim: TenantSimulator) -> None:
