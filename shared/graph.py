@@ -231,8 +231,9 @@ class GraphDirectory:
         return str(etag) if etag else None
 
     async def licence_count(self) -> int | None:
-        """Enabled licences of the tenant's user SKUs (`GET /subscribedSkus`, LicenseAssignment.Read.All):
-        what SharePoint's per-app budget tier follows; None when there are none."""
+        """Enabled licences of the tenant's user SKUs (`GET /subscribedSkus`, needs
+        LicenseAssignment.Read.All): what SharePoint's per-app budget tier follows; None when
+        there are none."""
         builder = self.client.subscribed_skus
         body = await self._get_json(builder.to_get_request_information, "reading subscribedSkus")
         skus = [s for s in (body or {}).get("value") or []

@@ -1,14 +1,16 @@
 """`python -m shared preflight`: what photo-sync will do on this tenant, as this identity, before it
 writes anything.
 
-Read-only: no request that creates, changes or deletes anything in Graph, SharePoint or Azure Storage
-(Graph `$batch` of GETs, checkMemberGroups, token requests and PeopleManager reads are reads). No
-table is created, no lease taken, no health record written. `--write-test` adds exactly three
-writes: one probe file uploaded into the photos folder and deleted again (also on failure), one
-no-op profile write (the stored PictureURL written back), and the answer recorded in the state table.
+Read-only: no request that creates, changes or deletes anything in Graph, SharePoint or Azure
+Storage (Graph `$batch` of GETs, checkMemberGroups, token requests and PeopleManager reads are
+reads). No table is created, no lease taken, no health record written. `--write-test` adds exactly
+three writes: one probe file uploaded into the photos folder and deleted again (also on failure),
+one no-op profile write (the stored PictureURL written back), and the answer recorded in the state
+table.
 
-The predictions are the sync's own decisions: each sampled user goes through `sync_user(dry_run=True)`
-(shared/sync.py), which walks the real decision code with a writer that only records.
+The predictions are the sync's own decisions: each sampled user goes through
+`sync_user(dry_run=True)` (shared/sync.py), which walks the real decision code with a writer that
+only records.
 `preflight_command` returns the JSON report (the admin endpoint and the CLI both call it);
 `render` turns it into an 80-column text report.
 """
@@ -119,7 +121,8 @@ def _said(error: BaseException) -> str:
     if isinstance(error, httpx.ConnectError):
         return f"could not connect ({error})"[:200]
     if isinstance(error, ClientAuthenticationError):
-        return "no token: " + (str(error).splitlines()[0] if str(error) else "authentication failed")
+        first = str(error).splitlines()[0] if str(error) else "authentication failed"
+        return f"no token: {first}"
     return (str(error).splitlines()[0] if str(error) else type(error).__name__)[:300]
 
 
@@ -127,6 +130,7 @@ async def preflight_command(settings: Settings, options: dict[str, Any]) -> dict
     """The preflight report as JSON (docs/operations.md). Options: `sample` (int, default 200),
     `all` (bool), `write_test` (bool), `credential` (a CachingCredential; the app's own by
     default), `progress` (a callable(done, total), e.g. the CLI's progress bar)."""
+    own = options.get("credential") is None
     credential: CachingCredential = options.get("credential") or build_credential(settings)
     progress: Callable[[int, int], None] | None = options.get("progress")
     with telemetry.counting() as counts:
@@ -136,6 +140,8 @@ async def preflight_command(settings: Settings, options: dict[str, Any]) -> dict
             report = await run.report()
         finally:
             await run.close()
+            if own:
+                credential.close()
     report["requests"] = {"graph": counts.graph, "sharepoint": counts.sharepoint,
                           "per_user": round((counts.graph + counts.sharepoint)
                                             / max(1, report["survey"]["sampled"]), 1)}

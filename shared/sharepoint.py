@@ -247,7 +247,8 @@ class SharePointProfiles:
                f"decodedurl={odata_literal(path)})")
         response = await self._http.get(url)
         if response.status_code == 404:
-            raise PhotosFolderUnknown(f"the photos folder {path} does not exist on the My Site host")
+            raise PhotosFolderUnknown(f"the photos folder {path} does not exist on the My Site "
+                                      "host")
         _raise_for_status(response, "reading the photos folder")
         return path, int(response.json().get("ItemCount") or 0)
 

@@ -1,11 +1,11 @@
 """Every write the sync and `link-profiles` make, behind one small seam.
 
-The sync decides; a writer carries the decision out. `SharePointWrites` performs the writes (thumbnail
-files, profile properties, the state row, the per-user lease); `IntendedWrites` only records them, so
-a dry run (and preflight's predictions) walks exactly the real run's decision code and makes no write
-request. The one thing a dry run cannot know is whether SharePoint would accept an app-only profile
-write: it answers as the tenant's recorded answer says (shared/state.py, ProfileWritesRecord), and
-as refused while that answer is `untested`.
+The sync decides; a writer carries the decision out. `SharePointWrites` performs the writes
+(thumbnail files, profile properties, the state row, the per-user lease); `IntendedWrites` only
+records them, so a dry run (and preflight's predictions) walks exactly the real run's decision code
+and makes no write request. The one thing a dry run cannot know is whether SharePoint would accept
+an app-only profile write: it answers as the tenant's recorded answer says (shared/state.py,
+ProfileWritesRecord), and as refused while that answer is `untested`.
 """
 
 from __future__ import annotations

@@ -349,7 +349,8 @@ def subscribed_skus(sim: "TenantSimulator") -> Response:
     licences = sim.tenant.options.licences if sim.tenant.options.licences is not None else users
     sku = {"id": f"{sim.tenant.tenant_id}_05e9a617-0261-4cee-bb44-138d3ef5d965",
            "skuId": "05e9a617-0261-4cee-bb44-138d3ef5d965", "skuPartNumber": "SPE_E3",
-           "appliesTo": "User", "capabilityStatus": "Enabled", "consumedUnits": min(users, licences),
+           "appliesTo": "User", "capabilityStatus": "Enabled",
+           "consumedUnits": min(users, licences),
            "prepaidUnits": {"enabled": licences, "suspended": 0, "warning": 0, "lockedOut": 0},
            "servicePlans": []}
     return json_response(200, {"@odata.context": f"{_base(sim)}/$metadata#subscribedSkus",

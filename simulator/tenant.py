@@ -36,7 +36,8 @@ class User:
     # "upn" form applies PnP's rule unchanged, so the name keeps `#EXT#`
     # (`john_fabrikam_com#EXT#_contoso_onmicrosoft_com_MThumb.jpg`), which only the ResourcePath
     # APIs can address (learn.microsoft.com/sharepoint/dev/sp-add-ins/
-    # working-with-folders-and-files-with-rest). Preflight's survey reports which form a tenant uses.
+    # working-with-folders-and-files-with-rest). Preflight's survey reports which form a tenant
+    # uses.
     picture_naming: str = "object-id"
 
     @classmethod

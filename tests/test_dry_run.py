@@ -1,5 +1,5 @@
-"""A dry run tells the truth: for every outcome it answers what the real run then does, user by user,
-and it makes no write request (counted at the simulator's wire) and changes no state."""
+"""A dry run tells the truth: for every outcome it answers what the real run then does, user by
+user, and it makes no write request (counted at the simulator's wire) and changes no state."""
 
 from __future__ import annotations
 

@@ -251,3 +251,31 @@ def test_guests_named_in_the_upn_form_are_surveyed(monkeypatch: pytest.MonkeyPat
         survey = preflight()["survey"]
         assert survey["guests"] == 2 and survey["guest_picture_url"] == {"object_id": 1, "upn": 1}
         assert write_requests(sim) == 0
+
+
+def test_no_token_and_no_storage_are_failed_checks_not_tracebacks(
+        sim: TenantSimulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    from simulator.azurite import free_port
+
+    monkeypatch.setenv("SIM_AZ_LOGGED_OUT", "1")  # the stand-in az fails to get a token
+    monkeypatch.setenv("AzureWebJobsStorage", "DefaultEndpointsProtocol=http;AccountName="
+                       "devstoreaccount1;AccountKey=Zm9v;QueueEndpoint=http://127.0.0.1:"
+                       f"{free_port()}/devstoreaccount1;TableEndpoint=http://127.0.0.1:"
+                       f"{free_port()}/devstoreaccount1")
+    done = cli("preflight", "--json")
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    report = json.loads(done.stdout)
+    failed = {c["name"]: c["detail"] for c in report["checks"] if c["ok"] is False}
+    assert {"Graph token", "SharePoint token", "storage queue", "state table"} <= set(failed)
+    assert all("Traceback" not in detail for detail in failed.values())
+    assert write_requests(sim) == 0
+
+
+def test_a_users_identity_is_named_with_a_warning(sim: TenantSimulator,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIM_TOKEN_KIND", "user")
+    monkeypatch.setenv("SIM_USER_UPN", "admin@contoso.onmicrosoft.com")
+    report = json.loads(cli("preflight", "--json", "--sample", "2").stdout)
+    assert report["identity"].startswith("user admin@contoso.onmicrosoft.com")
+    assert "not the app's" in report["identity"]
