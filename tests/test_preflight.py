@@ -80,8 +80,15 @@ def test_the_sample_is_deterministic_and_bounded(sim: TenantSimulator) -> None:
     assert sample_key("A0") == sample_key("a0")
 
 
-def test_predictions_are_what_the_sync_then_does(sim: TenantSimulator) -> None:
+def test_predictions_are_what_the_sync_then_does(sim: TenantSimulator,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     sim.app_only_property_writes = "refuse"
+    excluded = next(u for u in sim.users() if u.accountEnabled and u.photo
+                    and u.userType == "Member" and u.picture_naming == "upn")
+    group = "99999999-2222-4333-8444-555555555555"
+    sim.set_group(group, [excluded.id])
+    monkeypatch.setenv("SYNC_EXCLUDE_GROUPS", group)
+    reset_process_caches()
     guest = next(u for u in sim.users() if u.userType == "Guest")
     sim.set_photo(guest.id, PhotoSpec(kind="corrupt"))
     report = preflight()
@@ -92,7 +99,7 @@ def test_predictions_are_what_the_sync_then_does(sim: TenantSimulator) -> None:
         if user.accountEnabled:
             real[sync(user.id).outcome.value] += 1
     assert {k: v for k, v in report["predicted"].items() if v} == dict(real)
-    assert {"updated", "needs_profile_link", "no_photo", "failed"} <= set(real)
+    assert {"updated", "needs_profile_link", "no_photo", "failed", "skipped"} <= set(real)
     # a second preflight after the sync: etags unchanged, a photo removed
     sim.delete_photo(next(u for u in sim.users() if u.photo and u.accountEnabled
                           and u.profile_linked and u.userType == "Member").id)
