@@ -126,3 +126,46 @@ def test_with_writes_allowed_the_dry_run_predicts_links_and_unlinks(sim: TenantS
     dry, real = dry_then_real(sim, linked)
     assert (dry.outcome, dry.code) == (real.outcome, real.code) == \
         (Outcome.PHOTO_REMOVED, "profile_unlinked")
+
+
+def test_sync_all_dry_run_through_the_cli_is_the_real_run(sim: TenantSimulator) -> None:
+    import json
+
+    from tests.test_cli import cli
+
+    dry = cli("sync", "--all", "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    assert write_requests(sim) == 0
+    real = cli("sync", "--all", "--json")
+
+    def by_user(lines: str) -> dict[str, tuple[str, str]]:
+        rows = [json.loads(line) for line in lines.splitlines()]
+        return {r["userId"]: (r["outcome"], r["reasonCode"]) for r in rows}
+
+    assert all(json.loads(line)["dry_run"] is True for line in dry.stdout.splitlines())
+    assert by_user(dry.stdout) == by_user(real.stdout)
+
+
+def test_link_profiles_dry_run_is_the_real_run(sim: TenantSimulator) -> None:
+    import json
+
+    from tests.test_operations import admin_cli
+    from tests.test_sync import deliver
+
+    waiting = [u for u in sim.users() if u.photo and u.accountEnabled and not u.profile_linked]
+    for user in waiting:
+        deliver(user.id)
+    before = write_requests(sim)
+    dry = admin_cli("link-profiles", "--sign-in", "azure-cli", "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    assert write_requests(sim) == before
+    assert all(stored(u.id).outcome == "needs_profile_link" for u in waiting)
+    real = admin_cli("link-profiles", "--sign-in", "azure-cli", "--json")
+
+    def by_user(lines: str) -> dict[str, tuple[bool, str]]:
+        rows = [json.loads(line) for line in lines.splitlines()]
+        return {r["user_id"]: (r["linked"], r["code"]) for r in rows}
+
+    assert all(json.loads(line)["dry_run"] is True for line in dry.stdout.splitlines())
+    assert by_user(dry.stdout) == by_user(real.stdout) and len(by_user(real.stdout)) == \
+        len(waiting)
