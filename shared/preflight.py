@@ -207,8 +207,10 @@ class _Run:
             refused={"permission": "Microsoft Graph ProfilePhoto.Read.All", "command": GRANT})
         if not graph_ok or not users_ok or first is None:
             self.check("read a photo", None, "skipped: no user to read")
-        if self.settings.include_groups or self.settings.exclude_groups:
-            groups_ok = first is not None and await self.attempt(
+        if (self.settings.include_groups or self.settings.exclude_groups) and first is None:
+            groups_ok = self.check("group membership", None, "skipped: no user to check")
+        elif self.settings.include_groups or self.settings.exclude_groups:
+            groups_ok = await self.attempt(
                 "group membership", lambda: self._groups(first),
                 refused={"permission": "Microsoft Graph GroupMember.Read.All",
                          "command": f"{GRANT} --groups"})
@@ -469,7 +471,11 @@ class _Run:
             "permission": "SharePoint Sites.Selected with a write grant on the My Site host, or "
             "Sites.FullControl.All", "command": f"{GRANT} (or --full-control)"})
         for user in sample:
-            profile = await self.sharepoint.get_profile(user.upn)
+            try:
+                profile = await self.sharepoint.get_profile(user.upn)
+            except FAILURES as error:
+                self.check("write test: profile", None, f"skipped: {_said(error)}")
+                return
             if profile is None:
                 continue
             try:
