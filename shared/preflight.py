@@ -32,8 +32,9 @@ import jwt
 from azure.core.exceptions import AzureError, ClientAuthenticationError, ResourceNotFoundError
 
 from . import telemetry
-from .credentials import CachingCredential, build_credential, scope_for
+from .credentials import CachingCredential, scope_for
 from .graph import DirectoryUser, GraphDirectory, GraphError
+from .handlers import get_credential
 from .pacing import RU_PER_REQUEST, Throttled
 from .queue import SyncRequest, queue_client
 from .scope import out_of_scope
@@ -46,8 +47,8 @@ from .sharepoint import (
     SharePointProfiles,
     upn_stem,
 )
-from .state import StateStore
 from .outcomes import Outcome, SyncResult
+from .state import StateStore
 from .sync import SyncContext, sync_user
 from .thumbnails import picture_px, placeholder_thumbnails
 from .writes import UNTESTED_NOTE
@@ -128,10 +129,10 @@ def _said(error: BaseException) -> str:
 
 async def preflight_command(settings: Settings, options: dict[str, Any]) -> dict[str, Any]:
     """The preflight report as JSON (docs/operations.md). Options: `sample` (int, default 200),
-    `all` (bool), `write_test` (bool), `credential` (a CachingCredential; the app's own by
-    default), `progress` (a callable(done, total), e.g. the CLI's progress bar)."""
-    own = options.get("credential") is None
-    credential: CachingCredential = options.get("credential") or build_credential(settings)
+    `all` (bool), `write_test` (bool), `credential` (a CachingCredential; the process's own,
+    PHOTO_SYNC_CREDENTIAL, by default), `progress` (a callable(done, total), e.g. the CLI's
+    progress bar). shared/admin.py checks the options of the endpoint and the CLI."""
+    credential: CachingCredential = options.get("credential") or get_credential()
     progress: Callable[[int, int], None] | None = options.get("progress")
     with telemetry.counting() as counts:
         run = _Run(settings, credential, int(options.get("sample") or DEFAULT_SAMPLE),
@@ -140,8 +141,6 @@ async def preflight_command(settings: Settings, options: dict[str, Any]) -> dict
             report = await run.report()
         finally:
             await run.close()
-            if own:
-                credential.close()
     report["requests"] = {"graph": counts.graph, "sharepoint": counts.sharepoint,
                           "per_user": round((counts.graph + counts.sharepoint)
                                             / max(1, report["survey"]["sampled"]), 1)}
@@ -359,7 +358,7 @@ class _Run:
         if record is not None:
             self.check("subscription", True, f"{record.subscription_id}, expires "
                        f"{record.expires_at:%Y-%m-%d %H:%M} UTC")
-        elif getattr(self.settings, "paused", False):
+        elif self.settings.paused:
             self.check("subscription", True, "none yet: will be created when unpaused")
         else:
             self.check("subscription", False, "none yet: the timer creates it at its next run "
@@ -504,7 +503,7 @@ class _Run:
                                        self.profile_writes, self.licences)
         report: dict[str, Any] = {
             "ok": not failed, "exit_code": exit_code, "identity": self.identity,
-            "paused": bool(getattr(self.settings, "paused", False)),
+            "paused": bool(self.settings.paused),
             "checks": [c.as_dict() for c in self.checks], "survey": self.survey,
             "predicted": {o.value: self.predicted.get(o.value, 0) for o in Outcome},
             "predicted_reason_codes": dict(self.predicted_codes),
@@ -663,8 +662,9 @@ def _span(minutes: list[float]) -> str:
     return low if low == high else f"{low}-{high}"
 
 
-def render(report: dict[str, Any], width: int = WIDTH) -> str:
-    """The report as text no wider than `width` columns."""
+def render(report: dict[str, Any], width: int = WIDTH, header: bool = True) -> str:
+    """The report as text no wider than `width` columns; `header` names the identity (the CLI's
+    admin commands print their own "Ran as" line first)."""
     lines: list[str] = []
 
     def say(text: str, indent: str = "", follow: str | None = None) -> None:
@@ -672,8 +672,9 @@ def render(report: dict[str, Any], width: int = WIDTH) -> str:
                                    subsequent_indent=follow if follow is not None else indent,
                                    break_long_words=True, break_on_hyphens=False) or [""])
 
-    say(f"photo-sync preflight as {report['identity']}")
-    say("")
+    if header:
+        say(f"photo-sync preflight as {report['identity']}")
+        say("")
     say("Checks")
     marks = {True: "ok  ", False: "FAIL", None: "skip"}
     for check in report["checks"]:
@@ -726,14 +727,16 @@ def render(report: dict[str, Any], width: int = WIDTH) -> str:
 
 
 # ---------------------------------------------------------------- command line
+# Registered as an admin command (shared/admin.py): `python -m shared preflight` runs it here,
+# `--app NAME` inside the deployed app as its identity; both print the same report.
 
-def add_parser(commands: Any) -> None:
-    """Register `preflight` on the CLI's subcommands (shared/__main__.py)."""
-    parser = commands.add_parser(
-        "preflight", help="what photo-sync will do on this tenant, before it writes anything",
-        description="Read-only checks, a survey of a sample of users, the sync's predicted "
-        "outcomes, durations and recommendations. Exit 2: a bad setting, 3: a missing "
-        "permission, 1: another failed check, 0: all pass.")
+HELP = "what photo-sync will do on this tenant, before it writes anything"
+DESCRIPTION = ("Read-only checks, a survey of a sample of users, the sync's predicted outcomes, "
+               "durations and recommendations (docs/operations.md#preflight). Exit 2: a bad "
+               "setting, 3: a missing permission, 1: another failed check, 0: all pass.")
+
+
+def add_arguments(parser: Any) -> None:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--sample", type=int, default=DEFAULT_SAMPLE, metavar="N",
                       help=f"users surveyed (default {DEFAULT_SAMPLE}; the smallest hashes of "
@@ -741,35 +744,45 @@ def add_parser(commands: Any) -> None:
     size.add_argument("--all", action="store_true", help="survey every user in scope")
     parser.add_argument("--write-test", action="store_true",
                         help="also upload and delete one probe file and make one no-op profile "
-                        "write, and record whether profile writes are allowed")
-    parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
-    parser.set_defaults(run=run_cli)
+                        "write, and record whether profile writes are allowed (as the app: "
+                        "--app)")
 
 
-async def run_cli(args: Any) -> int:
-    """Run preflight with the CLI's settings and credential; print the report; its exit code."""
-    import json
-    import sys
+def cli_options(args: Any) -> dict[str, Any]:
+    """The command's options; a progress bar for a local run on a terminal."""
+    options: dict[str, Any] = {"sample": args.sample, "all": args.all,
+                               "write_test": args.write_test}
+    if not getattr(args, "app", None) and getattr(args, "output", "table") == "table":
+        options["progress"] = _ProgressBar()
+    return options
 
-    from rich.console import Console
-    from rich.progress import Progress
 
-    from .handlers import get_credential, get_settings
+def render_cli(report: dict[str, Any], args: Any) -> int:
+    """Print the report (unless only the exit code is wanted); its exit code."""
+    if getattr(args, "output", "table") != "quiet":
+        from rich.console import Console
 
-    if args.sample is not None and args.sample < 1:
-        print("--sample must be at least 1", file=sys.stderr)
-        return 2
-    console = Console(stderr=True)
-    with Progress(console=console, transient=True,
-                  disable=args.json or not console.is_terminal) as bar:
-        task = bar.add_task("surveying users", total=None)
-        report = await preflight_command(get_settings(), {
-            "sample": args.sample, "all": args.all, "write_test": args.write_test,
-            "credential": get_credential(),
-            "progress": lambda done, total: bar.update(task, completed=done, total=total)})
-    if args.json:
-        print(json.dumps(report))
-    else:
-        terminal = Console()
-        print(render(report, min(terminal.width, WIDTH) if terminal.is_terminal else WIDTH))
+        console = Console()
+        width = min(console.width, WIDTH) if console.is_terminal else WIDTH
+        print(render(report, width, header=False))
     return exit_status(report)
+
+
+class _ProgressBar:
+    """A progress bar on stderr while users are surveyed (nothing when it is not a terminal)."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import Progress
+
+        console = Console(stderr=True)
+        self._bar = Progress(console=console, transient=True, disable=not console.is_terminal)
+        self._task: Any = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._task is None:
+            self._bar.start()
+            self._task = self._bar.add_task("surveying users", total=total)
+        self._bar.update(self._task, completed=done, total=total)
+        if done >= total:
+            self._bar.stop()
