@@ -133,10 +133,10 @@ def test_sync_all_dry_run_through_the_cli_is_the_real_run(sim: TenantSimulator) 
 
     from tests.test_cli import cli
 
-    dry = cli("sync", "--all", "--dry-run", "--json")
+    dry = cli("sync", "--all", "--dry-run", "--output", "jsonl")
     assert dry.returncode == 0, dry.stderr
     assert write_requests(sim) == 0
-    real = cli("sync", "--all", "--json")
+    real = cli("sync", "--all", "--output", "jsonl")
 
     def by_user(lines: str) -> dict[str, tuple[str, str]]:
         rows = [json.loads(line) for line in lines.splitlines()]
@@ -156,15 +156,15 @@ def test_link_profiles_dry_run_is_the_real_run(sim: TenantSimulator) -> None:
     for user in waiting:
         deliver(user.id)
     before = write_requests(sim)
-    dry = admin_cli("link-profiles", "--sign-in", "azure-cli", "--dry-run", "--json")
+    dry = admin_cli("link-profiles", "--sign-in", "azure-cli", "--dry-run", "--output", "jsonl")
     assert dry.returncode == 0, dry.stderr
     assert write_requests(sim) == before
     assert all(stored(u.id).outcome == "needs_profile_link" for u in waiting)
-    real = admin_cli("link-profiles", "--sign-in", "azure-cli", "--json")
+    real = admin_cli("link-profiles", "--sign-in", "azure-cli", "--output", "jsonl")
 
     def by_user(lines: str) -> dict[str, tuple[bool, str]]:
         rows = [json.loads(line) for line in lines.splitlines()]
-        return {r["user_id"]: (r["linked"], r["code"]) for r in rows}
+        return {r["userId"]: (r["linked"], r["reasonCode"]) for r in rows}
 
     assert all(json.loads(line)["dry_run"] is True for line in dry.stdout.splitlines())
     assert by_user(dry.stdout) == by_user(real.stdout) and len(by_user(real.stdout)) == \

@@ -197,9 +197,11 @@ def test_the_report_fits_80_columns_and_the_json_has_the_issue_keys(sim: TenantS
     done = cli("preflight")
     assert done.returncode == 0, done.stderr
     assert all(len(line) <= 80 for line in done.stdout.splitlines())
-    assert done.stdout.startswith("photo-sync preflight as app ")
+    assert done.stdout.startswith("Ran as app ")  # the admin commands' first line
+    assert "photo-sync preflight as" not in done.stdout
     for heading in ("Checks", "Survey of", "Predicted outcomes", "Durations", "Recommendations"):
         assert heading in done.stdout
+    assert cli("preflight", "--sample", "0").returncode == 2
     report = json.loads(cli("preflight", "--json", "--sample", "4").stdout)
     assert {"ok", "identity", "checks", "survey", "predicted", "durations",
             "recommendations"} <= set(report)
@@ -286,3 +288,30 @@ def test_a_users_identity_is_named_with_a_warning(sim: TenantSimulator,
     report = json.loads(cli("preflight", "--json", "--sample", "2").stdout)
     assert report["identity"].startswith("user admin@contoso.onmicrosoft.com")
     assert "not the app's" in report["identity"]
+
+
+from tests.test_admin import deployed  # noqa: E402,F401 (fixture: the local host as `az` sees it)
+
+
+def test_preflight_runs_inside_the_app_with_app(sim: TenantSimulator, deployed: str,
+                                                functions_host: Any,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.test_admin import cli as app_cli
+    from tests.test_admin import post
+
+    monkeypatch.setenv("PHOTO_SYNC_PAUSED", "true")  # a first deployment: paused
+    reset_process_caches()
+    done = app_cli("preflight", "--app", deployed, "--output", "json", "--sample", "3")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["app"] == deployed and report["identity"].startswith("app ")
+    assert report["paused"] and report["survey"]["sampled"] == 3
+    subscription = next(c for c in report["checks"] if c["name"] == "subscription")
+    assert subscription["ok"] is True and "when unpaused" in subscription["detail"]
+    assert any("unpause" in r for r in report["recommendations"])
+    assert write_requests(sim) == 0 and not table_exists()
+    table = app_cli("preflight", "--app", deployed, "--sample", "3")
+    assert table.stdout.startswith("Ran as app ") and "Predicted outcomes" in table.stdout
+    assert all(len(line) <= 80 for line in table.stdout.splitlines())
+    bad = post(functions_host, "ops/preflight", {"sample": "many"})
+    assert bad.status_code == 400 and "'sample'" in bad.json()["error"]
