@@ -169,14 +169,17 @@ def compact_table(*columns: str, title: str) -> Table:
 
 
 def run_preflight() -> None:
-    """Step 0, before anything is written: what photo-sync will do on this tenant (80 columns)."""
+    """Step 0, before anything is written: what photo-sync will do on this tenant."""
     from shared.handlers import get_credential
-    from shared.preflight import WIDTH, preflight_command, render
+    from shared.preflight import preflight_command, render
 
-    print("0. Before turning it on: python -m shared preflight (read-only)".ljust(WIDTH, "-"))
+    console.rule("0. Before turning it on: python -m shared preflight (read-only)")
     report = asyncio.run(preflight_command(get_settings(), {"credential": get_credential()}))
-    print(render(report, WIDTH))
-    print(f"preflight exit code {report['exit_code']}: nothing was written")
+    console.print(render(report, WIDTH), markup=False, highlight=False)
+    failed = ", ".join(c["name"] for c in report["checks"] if c["ok"] is False) or "none"
+    later = " (the timer creates it in step 2)" if failed == "subscription" else ""
+    console.print(f"exit code {report['exit_code']}, nothing written; failed: {failed}{later}",
+                  markup=False, highlight=False)
 
 
 def show_outcomes(sim: TenantSimulator) -> None:
