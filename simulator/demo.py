@@ -178,7 +178,7 @@ def run_preflight() -> None:
     console.print(render(report, WIDTH), markup=False, highlight=False)
     failed = ", ".join(c["name"] for c in report["checks"] if c["ok"] is False) or "none"
     later = " (the timer creates it in step 2)" if failed == "subscription" else ""
-    console.print(f"exit code {report['exit_code']}, nothing written; failed: {failed}{later}",
+    console.print(f"exit {report['exit_code']}, nothing written; failed: {failed}{later}",
                   markup=False, highlight=False)
 
 
