@@ -12,6 +12,9 @@ from shared import admin, handlers, telemetry
 # Log records reach Application Insights through OpenTelemetry (docs/operations.md), where
 # host.json's logLevel no longer filters them: keep per-request library logs out.
 telemetry.quiet_noisy_loggers()
+# No UPNs in log records (docs/security.md) from the first one; PHOTO_SYNC_LOG_UPNS=true, read with
+# the other settings, turns this off.
+telemetry.protect_upns_in_logs()
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
 

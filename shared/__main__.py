@@ -28,11 +28,12 @@ from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
-from . import __version__, admin, operations, reasons, remote
+from . import __version__, admin, operations, reasons, remote, telemetry
 from .credentials import CachingCredential
 from .graph import GraphError
 from .handlers import UNPAUSE_HINT, get_credential, get_settings
-from .queue import InvalidMessage, SyncRequest, check_user_key
+from .inputs import check_user_key, check_user_keys
+from .queue import InvalidMessage, SyncRequest
 from .settings import SettingsError
 from .sharepoint import SharePointError
 from .state import StateStore, UserState
@@ -99,9 +100,11 @@ def _log_requests(verbose: bool) -> None:
     """--verbose: Graph, SharePoint and the admin endpoint through httpx (one line per request:
     method, URL, status), storage through the Azure SDK's logging policy (request and response
     headers, with Authorization and signatures redacted by the SDK). httpx never logs headers,
-    so no token or key reaches the log."""
+    so no token or key reaches the log. UPNs in URLs read `<redacted>@domain` unless the settings
+    say PHOTO_SYNC_LOG_UPNS=true (docs/security.md)."""
     if not verbose:
         return
+    telemetry.protect_upns_in_logs()  # get_settings() applies PHOTO_SYNC_LOG_UPNS, when it runs
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.INFO)
     logging.getLogger("photo_sync.remote").setLevel(logging.DEBUG)
@@ -255,7 +258,7 @@ def _print_identity(body: dict[str, Any]) -> None:
 async def _sync_command(args: argparse.Namespace) -> int:
     if bool(args.users) == bool(args.all):
         raise InvalidMessage("give one or more USERs, or --all")
-    users = [check_user_key(u) for u in args.users]
+    users = check_user_keys(args.users)
     if get_settings().paused and not args.dry_run:
         print(UNPAUSE_HINT, file=sys.stderr)
         return 1

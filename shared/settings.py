@@ -85,6 +85,7 @@ class Settings:
     sharepoint_ru_per_minute: int = DEFAULT_SHAREPOINT_RU_PER_MINUTE
     max_instances: int = DEFAULT_MAX_INSTANCES
     graph_photo_concurrency: int = DEFAULT_GRAPH_PHOTO_CONCURRENCY
+    log_upns: bool = False  # PHOTO_SYNC_LOG_UPNS: log records keep UPNs (docs/security.md)
     paused: bool = False  # PHOTO_SYNC_PAUSED: deployed but writing nothing (first deployment)
 
     @property
@@ -195,6 +196,7 @@ class Settings:
             max_instances=reader.positive_int("PHOTO_SYNC_MAX_INSTANCES", DEFAULT_MAX_INSTANCES),
             graph_photo_concurrency=reader.positive_int("GRAPH_PHOTO_CONCURRENCY",
                                                         DEFAULT_GRAPH_PHOTO_CONCURRENCY),
+            log_upns=reader.flag("PHOTO_SYNC_LOG_UPNS", False),
             paused=reader.flag("PHOTO_SYNC_PAUSED", False),
         )
         if reader.problems:
