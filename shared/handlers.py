@@ -19,7 +19,7 @@ from typing import Any
 
 from azure.core.exceptions import AzureError
 
-from . import pacing, telemetry
+from . import geos, pacing, telemetry
 from .credentials import CachingCredential, build_credential
 from .graph import GraphDirectory
 from .notifications import (
@@ -44,7 +44,7 @@ from .settings import Settings
 from .sharepoint import SharePointProfiles
 from .state import StateStore
 from .subscriptions import SubscriptionStatus, ensure_subscription, reauthorize
-from .sync import SyncContext, SyncResult, UserBusy, open_context, sync_user
+from .sync import SyncContext, SyncResult, UserBusy, geo_clients, open_context, sync_user
 
 log = logging.getLogger("photo_sync")
 
@@ -73,6 +73,7 @@ def reset_process_caches() -> None:
     get_settings.cache_clear()
     get_credential.cache_clear()
     pacing.reset()
+    geos.reset()
     _process_clients.clear()
 
 
@@ -118,9 +119,12 @@ async def _open_clients(settings: Settings) -> _Clients:
     context = SyncContext(settings=settings, graph=GraphDirectory(settings, credential),
                           sharepoint=SharePointProfiles.from_settings(settings, credential),
                           state=StateStore.from_settings(settings))
+    context.geos = geo_clients(settings, credential, context.graph, context.state,
+                               context.sharepoint)
     queue = SyncQueue.from_settings(settings)
     stack = AsyncExitStack()
-    for close in (context.graph.close, context.state.close, context.sharepoint.close, queue.close):
+    for close in (context.graph.close, context.state.close, context.sharepoint.close, queue.close,
+                  context.geos.close):
         stack.push_async_callback(close)
     clients = _Clients(settings, context, queue, stack)
     clients.lifetime = _lifetime(clients, asyncio.get_running_loop())
