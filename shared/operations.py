@@ -125,16 +125,19 @@ async def replay_poison(settings: Settings, *, control: bool = False, dry_run: b
 
 # Exports: one row per user, for Excel and scripts
 
-EXPORT_COLUMNS = ("userId", "upn", "outcome", "reasonCode", "reason", "lastChange", "pictureStem")
+EXPORT_COLUMNS = ("userId", "upn", "outcome", "reasonCode", "reason", "lastChange", "pictureStem",
+                  "geo")
 
 
 def export_row(state: UserState) -> dict[str, str]:
     """One user as the CSV/JSON exports show it. `pictureStem` is the file stem the profile shows
-    (`<stem>_MThumb.jpg`), empty until photo-sync has recorded one."""
+    (`<stem>_MThumb.jpg`), empty until photo-sync has recorded one. `geo` is the key of the
+    Multi-Geo location holding the profile (shared/geos.py), empty on a single-geo tenant."""
     return {"userId": state.user_id, "upn": state.upn, "outcome": state.outcome or "pending",
             "reasonCode": state.reason_code, "reason": state.reason,
             "lastChange": state.updated_at.isoformat(timespec="seconds"),
-            "pictureStem": str(getattr(state, "picture_stem", "") or "")}
+            "pictureStem": str(getattr(state, "picture_stem", "") or ""),
+            "geo": state.geo}
 
 
 def _filter(outcomes: Sequence[str], codes: Sequence[str]) -> str:
