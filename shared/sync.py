@@ -13,12 +13,12 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from enum import StrEnum
 
 from . import reasons, telemetry
 from .credentials import CachingCredential, build_credential
 from .geos import GeoClients, GeoMap, configured
 from .graph import DirectoryUser, GraphDirectory
+from .outcomes import Outcome, SyncResult
 from .queue import SyncRequest
 from .scope import out_of_scope, scope_groups, uses_groups
 from .settings import Settings
@@ -34,31 +34,6 @@ from .state import StateStore, UserState
 from .thumbnails import ImageRejected, Thumbnails, make_thumbnails, placeholder_thumbnails
 
 log = logging.getLogger("photo_sync.sync")
-
-
-class Outcome(StrEnum):
-    UPDATED = "updated"
-    UNCHANGED = "unchanged"
-    PHOTO_REMOVED = "photo_removed"
-    NO_PHOTO = "no_photo"
-    NEEDS_PROFILE_LINK = "needs_profile_link"
-    SKIPPED = "skipped"
-    FAILED = "failed"
-
-
-@dataclass(frozen=True)
-class SyncResult:
-    """One user's outcome, with a reason a person can act on."""
-
-    user_id: str
-    upn: str
-    outcome: Outcome
-    reason: str = ""
-    code: str = ""  # stable reason code, shared/reasons.py
-
-    def as_dict(self) -> dict[str, str]:
-        return {"userId": self.user_id, "upn": self.upn, "outcome": self.outcome.value,
-                "reasonCode": self.code, "reason": self.reason}
 
 
 ResultFor = Callable[..., SyncResult]  # `result(outcome, reason, code)` bound to one user

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 if TYPE_CHECKING:
-    from .sync import SyncResult
+    from .outcomes import SyncResult
 
 log = logging.getLogger("photo_sync.telemetry")
 

@@ -39,12 +39,10 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .wire import JSON_SP, Request, Response, json_response
+from .wire import JSON_SP, Request, Response, graph_error, json_response
 
-if TYPE_CHECKING:
-    from .core import TenantSimulator
 
 # SharePoint resource units per request kind (the simulator's counter kinds, simulator/sharepoint.py).
 # The Graph table on the sp-dev-docs page: reads of one item 1, uploads/updates/deletes 2. REST calls
@@ -140,8 +138,8 @@ def is_photo_path(path: str) -> bool:
 class Budgets:
     """The tenant's throttling budgets and what they did (`stats`)."""
 
-    def __init__(self, sim: TenantSimulator) -> None:
-        self._sim = sim
+    def __init__(self, now: Callable[[], float]) -> None:
+        self._now = now  # the simulator's clock (simulated time in benches)
         self._lock = threading.Lock()
         self.sharepoint = SharePointBudget()
         self.outlook = OutlookConcurrency()
@@ -163,7 +161,7 @@ class Budgets:
     def storm(self, seconds: float, retry_after: float) -> None:
         """SharePoint throttles the app for `seconds` (simulated clock) whatever its budget says."""
         with self._lock:
-            self.sharepoint.storm_until = self._sim.now() + seconds
+            self.sharepoint.storm_until = self._now() + seconds
             self.sharepoint.storm_retry_after = retry_after
 
     def reset_stats(self) -> None:
@@ -193,7 +191,7 @@ class Budgets:
         budget = self.sharepoint
         if not budget.enabled and budget.storm_until == float("-inf"):
             return Admission()
-        now = self._sim.now()
+        now = self._now()
         with self._lock:
             self.stats["sharepoint_requests"] += 1
             if now < budget.storm_until:
@@ -278,7 +276,5 @@ def sharepoint_refusal(retry_after: float, headers: dict[str, str]) -> Response:
 
 def outlook_refusal(retry_after: float) -> Response:
     """429 for a photo request beyond Outlook's concurrency (Graph's error envelope)."""
-    from .graph import error
-
-    return error(429, "ApplicationThrottled", "Application is over its MailboxConcurrency limit.",
+    return graph_error(429, "ApplicationThrottled", "Application is over its MailboxConcurrency limit.",
                  {"Retry-After": str(max(1, math.ceil(retry_after)))})

@@ -197,7 +197,7 @@ class TenantSimulator:
         self._subs: dict[str, Subscription] = {}
         self._faults: list[Fault] = []
         self._counters: dict[str, Counter[str]] = {h: Counter() for h in self.hosts}
-        self.budgets = Budgets(self)  # throttling budgets, off unless turned on (simulator/budgets.py)
+        self.budgets = Budgets(self.now)  # throttling budgets, off unless turned on (simulator/budgets.py)
         self._revoked_before = float("-inf")
         self._claims_cache: dict[str, dict[str, Any] | None] = {}
         self._deliveries: list[Delivery] = []

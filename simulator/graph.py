@@ -13,6 +13,7 @@ from urllib.parse import unquote
 from .core import PhotoState, Subscription
 from .notify import validate_endpoint
 from .wire import CIDict, Request, Response, iso, json_response, parse_iso
+from .wire import graph_error as error
 
 if TYPE_CHECKING:
     from .core import TenantSimulator
@@ -38,12 +39,6 @@ _NULLS: dict[str, Any] = {
 _GEO_PROPS = ("preferredDataLocation", "mySite")
 _PROPS = {p.lower(): p for p in (*_MODELLED, *_NULLS, *_GEO_PROPS, "mailNickname")}
 DEFAULT_SELECT = ("id", "displayName", "userPrincipalName", "mail")
-
-
-def error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
-    """Graph error envelope."""
-    inner = {"date": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()), "request-id": str(uuid.uuid4())}
-    return json_response(status, {"error": {"code": code, "message": message, "innerError": inner}}, headers=headers)
 
 
 def _not_found_user(key: str) -> Response:

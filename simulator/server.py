@@ -1,16 +1,20 @@
-"""Stdlib HTTP/1.1 keep-alive listeners that feed requests to a TenantSimulator."""
+"""Stdlib HTTP/1.1 keep-alive listeners that feed requests to a TenantSimulator (anything that serves)."""
 
 from __future__ import annotations
 
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from .wire import Request, Response
 
-if TYPE_CHECKING:
-    from .core import TenantSimulator
+
+
+class Serves(Protocol):
+    """What a listener needs of the simulator: one answer per request to one host kind."""
+
+    def serve(self, kind: str, request: Request, /) -> Response: ...
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 MAX_BODY = 200 * 1024 * 1024
@@ -23,7 +27,7 @@ class SimServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 1024
 
-    def __init__(self, address: tuple[str, int], sim: "TenantSimulator", kind: str) -> None:
+    def __init__(self, address: tuple[str, int], sim: Serves, kind: str) -> None:
         self.sim = sim
         self.kind = kind
         super().__init__(address, SimHandler)
@@ -103,7 +107,7 @@ class SimHandler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = do_HEAD = do_MERGE = _dispatch
 
 
-def start_listener(sim: "TenantSimulator", kind: str, port: int = 0) -> SimServer:
+def start_listener(sim: Serves, kind: str, port: int = 0) -> SimServer:
     """Bind 127.0.0.1:port and serve in a daemon thread."""
     server = SimServer(("127.0.0.1", port), sim, kind)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 from urllib.parse import unquote_plus
@@ -215,3 +216,9 @@ def parse_odata_path(path: str) -> list[tuple[str, list[Arg] | None]]:
                 raise ODataSyntaxError("expected '/' after ')'")
         segs.append((name, args))
     return segs
+
+
+def graph_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    """Graph error envelope."""
+    inner = {"date": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()), "request-id": str(uuid.uuid4())}
+    return json_response(status, {"error": {"code": code, "message": message, "innerError": inner}}, headers=headers)

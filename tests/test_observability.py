@@ -21,7 +21,7 @@ from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogR
 import function_app
 from shared import handlers, reasons, telemetry
 from shared.sharepoint import SharePointError
-from shared.sync import Outcome
+from shared.outcomes import Outcome
 from simulator.core import TenantSimulator
 from simulator.images import PhotoSpec
 from tests.test_sync import deliver, user_with

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from shared import reasons
-from shared.sync import Outcome
+from shared.outcomes import Outcome
 from simulator.core import TenantSimulator
 from simulator.images import PhotoSpec
 from tests.test_cli import cli
