@@ -62,6 +62,7 @@ async def tenant_summary(settings: Settings) -> dict[str, Any]:
         "users": counts.users,
         "outcomes": counts.outcomes,
         "reasons": counts.reasons,
+        "geos": counts.geos,  # Multi-Geo: users per geo (empty on a single-geo tenant)
         "counters": "ready" if counts.ready else "scan",
         "lastReconcile": cursor.last_completed_at.isoformat() if cursor.last_completed_at else None,
         "reconcileInProgress": bool(cursor.next_link),
@@ -99,6 +100,8 @@ async def health_figures(settings: Settings) -> dict[str, Any]:
         "failed_users": counts.outcomes.get("failed", 0),
         "needs_profile_link_users": counts.outcomes.get(NEEDS_LINK, 0),
         "counters_ready": counts.ready,
+        # Multi-Geo: users per geo, "EUR=120,NAM=300" (empty on a single-geo tenant)
+        "users_per_geo": ",".join(f"{geo}={n}" for geo, n in counts.geos.items()),
     }
 
 

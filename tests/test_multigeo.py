@@ -16,6 +16,7 @@ import pytest
 from azure.functions.queue import QueueMessage
 
 import function_app
+from shared import operations
 from shared.geos import from_root_sites
 from shared.handlers import get_credential, get_settings, reset_process_caches
 from shared.settings import Settings
@@ -99,6 +100,12 @@ def test_every_user_is_written_in_their_own_geo_and_nowhere_else(geo_sim: Tenant
     for geo in GEOS:  # the placeholder profiles were linked through their own admin host
         admin = f"admin-{geo.lower()}" if geo else "admin"
         assert sim.requests[admin].get("set", 0) == (4 if geo in ("", "APC") else 0)
+    # status, the health record and the export show each user's geo and the users per geo
+    summary = asyncio.run(operations.tenant_summary(get_settings()))
+    assert summary["geos"] == {"APC": 3, "EUR": 3, "NAM": 3}
+    health = asyncio.run(operations.health_figures(get_settings()))
+    assert health["users_per_geo"] == "APC=3,EUR=3,NAM=3"
+    assert operations.export_row(state_of(eur))["geo"] == "EUR"
 
 
 def test_a_profile_that_stayed_in_nam_despite_its_preferred_location(
