@@ -9,8 +9,8 @@ through the SharePointProfiles client of that user's geo.
 
 The geos come from SHAREPOINT_GEOS when set, else from Multi-Geo discovery (sp-dev-docs
 multigeo-discovery.md: one root site per geo, with its `dataLocationCode`, from
-`GET /sites?$filter=siteCollection/root ne null`), kept in the state table and refreshed daily. A
-single-geo tenant has one geo, the configured one: it costs one Graph request a day, nothing per user.
+`GET /sites?$filter=siteCollection/root ne null`), kept in the state table and refreshed daily.
+A single-geo tenant has one geo, the configured one: one Graph request a day, nothing per user.
 
 Each geo has a stable key (`Geo.key`: its data location code, or "default" when the tenant has one
 geo or the code is not known) so per-geo records (pacing, counts, a remembered profile-write state)

@@ -163,7 +163,8 @@ class GraphDirectory:
         sites = []
         for site in (body or {}).get("value") or []:
             collection = site.get("siteCollection") or {}
-            sites.append((str(collection.get("dataLocationCode") or ""), str(site.get("webUrl") or "")))
+            sites.append((str(collection.get("dataLocationCode") or ""),
+                          str(site.get("webUrl") or "")))
         return sites
 
     async def iter_users(self, *, enabled_only: bool, include_guests: bool,

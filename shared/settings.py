@@ -318,8 +318,9 @@ def _read_geos(reader: _Reader) -> tuple[tuple[str, str, str], ...]:
         mysite, _, admin = urls.partition("|")
         code = code.strip().upper()
         if not eq or not _GEO_CODE.match(code):
-            reader.problem("SHAREPOINT_GEOS", f"entry {entry!r} is not CODE=URL with a three-letter "
-                           "data location code, e.g. EUR=https://contosoeur-my.sharepoint.com")
+            reader.problem("SHAREPOINT_GEOS", f"entry {entry!r} is not CODE=URL with a "
+                           "three-letter data location code, e.g. "
+                           "EUR=https://contosoeur-my.sharepoint.com")
             continue
         sub = _Reader({"url": mysite.strip(), "admin": admin.strip()})
         mysite_url = sub.url("url", None)
