@@ -19,6 +19,7 @@ can be kept by geo.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -142,6 +143,15 @@ def _mysite_of_root(url: str) -> str | None:
     return f"{parts.scheme}://{name}-my.{domain}"
 
 
+async def known(settings: Settings, state: StateStore) -> GeoMap:
+    """The geos without asking Graph: configured, else the last discovered (commands run by an
+    administrator, such as link-profiles, use the geos the sync recorded)."""
+    if settings.sharepoint_geos:
+        return configured(settings)
+    stored = await state.get_geos()
+    return GeoMap.from_json(stored[0]) if stored else configured(settings)
+
+
 _cache: dict[str, tuple[GeoMap, float]] = {}  # state table -> (geos, monotonic time read)
 
 
@@ -162,18 +172,20 @@ class GeoClients:
         self._state = state
         self._default = default_client
         self._clients: dict[str, SharePointProfiles] = {}
+        self._lock = asyncio.Lock()  # concurrent syncs at start: one table read, one discovery
 
     async def geo_map(self) -> GeoMap:
         """The tenant's geos: configured, or discovered at most once a day (state table)."""
         if self._settings.sharepoint_geos:
             return configured(self._settings)
         key = self._settings.state_table
-        cached = _cache.get(key)
-        if cached and time.monotonic() - cached[1] < PROCESS_CACHE_SECONDS:
-            return cached[0]
-        geos = await self._stored_or_discovered()
-        _cache[key] = (geos, time.monotonic())
-        return geos
+        async with self._lock:
+            cached = _cache.get(key)
+            if cached and time.monotonic() - cached[1] < PROCESS_CACHE_SECONDS:
+                return cached[0]
+            geos = await self._stored_or_discovered()
+            _cache[key] = (geos, time.monotonic())
+            return geos
 
     async def _stored_or_discovered(self) -> GeoMap:
         stored = await self._state.get_geos()

@@ -209,3 +209,24 @@ def test_a_single_geo_tenant_asks_nothing_more_per_user(monkeypatch: pytest.Monk
         deliver(sim.users()[0].id)
         deliver(sim.users()[1].id)
         assert sim.requests["graph"]["sites.list"] == 2
+
+
+def test_link_profiles_links_each_profile_through_its_own_geo(geo_sim: TenantSimulator) -> None:
+    from tests.test_operations import admin_cli
+
+    sim = geo_sim
+    sim.app_only_property_writes = "refuse"  # as SharePoint does: the admin links them once
+    placeholders = [sim.users()[3], sim.users()[5]]  # NAM and APC
+    for user in placeholders:
+        sim.set_photo(user.id, RED)
+        deliver(user.id)
+        assert state_of(user).outcome == "needs_profile_link"
+    done = admin_cli("link-profiles", "--sign-in", "azure-cli", "--json")
+    assert done.returncode == 0, done.stderr
+    for user in placeholders:
+        home = sim.home_geo(user)
+        assert sim.profile(user.id)["PictureURL"].startswith(sim.mysite_root(home))
+        shown = sim.shown_file(user.id)
+        assert shown is not None and not shown.seeded
+    # the app's refused attempt, then the four properties of the administrator's link
+    assert sim.requests["admin-apc"]["set"] == 1 + 4 and sim.wrong_geo_writes == []
