@@ -44,7 +44,7 @@ from .settings import Settings
 from .sharepoint import SharePointProfiles
 from .state import StateStore
 from .subscriptions import SubscriptionStatus, ensure_subscription, reauthorize
-from .sync import SyncContext, SyncResult, UserBusy, geo_clients, open_context, sync_user
+from .sync import SyncContext, SyncResult, UserBusy, open_context, sync_user
 
 log = logging.getLogger("photo_sync")
 
@@ -119,8 +119,8 @@ async def _open_clients(settings: Settings) -> _Clients:
     context = SyncContext(settings=settings, graph=GraphDirectory(settings, credential),
                           sharepoint=SharePointProfiles.from_settings(settings, credential),
                           state=StateStore.from_settings(settings))
-    context.geos = geo_clients(settings, credential, context.graph, context.state,
-                               context.sharepoint)
+    context.geos = geos.GeoClients(settings, credential, context.graph, context.state,
+                                   context.sharepoint)
     queue = SyncQueue.from_settings(settings)
     stack = AsyncExitStack()
     for close in (context.graph.close, context.state.close, context.sharepoint.close, queue.close,

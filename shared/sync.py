@@ -54,11 +54,6 @@ class SyncContext:
         return await self.geos.geo_map() if self.geos else configured(self.settings)
 
 
-def geo_clients(settings: Settings, credential: CachingCredential, graph: GraphDirectory,
-                state: StateStore, sharepoint: SharePointProfiles) -> GeoClients:
-    return GeoClients(settings, credential, graph, state, sharepoint)
-
-
 @asynccontextmanager
 async def open_context(settings: Settings,
                        credential: CachingCredential | None = None) -> AsyncIterator[SyncContext]:
@@ -67,8 +62,8 @@ async def open_context(settings: Settings,
                           graph=GraphDirectory(settings, credential),
                           sharepoint=SharePointProfiles.from_settings(settings, credential),
                           state=StateStore.from_settings(settings))
-    context.geos = geo_clients(settings, credential, context.graph, context.state,
-                               context.sharepoint)
+    context.geos = GeoClients(settings, credential, context.graph, context.state,
+                              context.sharepoint)
     try:
         yield context
     finally:
@@ -112,6 +107,10 @@ async def _sync_user(context: SyncContext, request: SyncRequest, dry_run: bool) 
         await context.state.release_lease(lease, owner)
 
 
+class GeoUnknown(RuntimeError):
+    """The profile's PersonalSiteHostUrl names a My Site host of no geo photo-sync knows."""
+
+
 async def _sync_and_record(context: SyncContext, user: DirectoryUser, request: SyncRequest,
                            geos: GeoMap, dry_run: bool) -> SyncResult:
     state = await context.state.get(user.id) or UserState(user_id=user.id)
@@ -142,10 +141,6 @@ async def _sync_and_record(context: SyncContext, user: DirectoryUser, request: S
     return result
 
 
-class GeoUnknown(RuntimeError):
-    """The profile's PersonalSiteHostUrl names a My Site host of no geo photo-sync knows."""
-
-
 async def _locate(context: SyncContext, geos: GeoMap, user: DirectoryUser,
                   state: UserState) -> tuple[SyncContext, Profile | None, bool]:
     """The user's profile, read through the geo that holds it, and the context whose `sharepoint`
@@ -160,12 +155,10 @@ async def _locate(context: SyncContext, geos: GeoMap, user: DirectoryUser,
     guess = (geos.by_key(state.geo) if state.geo else None) or geos.hint(user)
     client = context.geos.client(guess)
     profile = await client.get_profile(user.upn)
-    home = geos.for_host(profile.personal_site_host) \
-        if profile is not None and profile.personal_site_host else guess
+    host = profile.personal_site_host if profile is not None else ""
+    home = geos.for_host(host) if host else guess
     if home is None:
-        assert profile is not None
-        raise GeoUnknown(f"the profile lives on {profile.personal_site_host}, a My Site host of "
-                         "no geo photo-sync knows")
+        raise GeoUnknown(f"the profile lives on {host}, a My Site host of no geo photo-sync knows")
     if home is not guess:
         client = context.geos.client(home)
         profile = await client.get_profile(user.upn)
@@ -177,11 +170,10 @@ async def _locate(context: SyncContext, geos: GeoMap, user: DirectoryUser,
 
 
 async def _sync(context: SyncContext, user: DirectoryUser, state: UserState, force: bool,
-                dry_run: bool, geos: GeoMap | None = None, recheck: bool = False) -> SyncResult:
+                dry_run: bool, geos: GeoMap, recheck: bool = False) -> SyncResult:
     def result(outcome: Outcome, reason: str, code: reasons.ReasonCode) -> SyncResult:
         return SyncResult(user.id, user.upn, outcome, reason, code.code)
 
-    geos = geos or await context.geo_map()
     etag = await context.graph.get_photo_etag(user.id)
     if etag and etag == state.seen_etag and not force:
         last = f" (last outcome: {state.outcome})" if state.outcome not in ("", "updated") else ""
