@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -50,6 +51,7 @@ MAX_RETRY_AFTER_SECONDS = 120.0
 PAGE_SIZE = 999  # Graph's maximum $top for users
 PREFERRED_PHOTO_SIZE = "648x648"  # the largest size Graph serves; enough for a 200 px thumbnail
 T = TypeVar("T")
+log = logging.getLogger("photo_sync.graph")
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,8 @@ class DirectoryUser:
 
 class GraphError(RuntimeError):
     """A Graph call failed in a way retrying this message may fix (5xx, throttled past retries)."""
+
+    status: int | None = None  # Graph's HTTP status
 
 
 class GraphThrottled(GraphError, Throttled):
@@ -100,6 +104,7 @@ class GraphDirectory:
         self.client = build_graph_client(settings, credential, self._http)
         self._credential = credential
         self._scope = scope_for(settings.graph_base_url)
+        self._my_site_refused = False  # see get_user
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -140,10 +145,29 @@ class GraphDirectory:
 
     async def get_user(self, key: str, geo_fields: bool = False) -> DirectoryUser | None:
         """Look a user up by object id or UPN; None if the directory has no such user. With
-        `geo_fields` (Multi-Geo tenants), also mySite and preferredDataLocation, same request."""
+        `geo_fields` (Multi-Geo tenants), also mySite and preferredDataLocation, same request.
+
+        An app-only token has been reported refused for `$select=mySite`
+        (microsoftgraph/microsoft-graph-docs#7505, not reproduced by Microsoft): then the process
+        asks for preferredDataLocation alone from then on; the geo stays right (shared/geos.py),
+        a wrong first guess costs one more profile read."""
+        fields = USER_FIELDS
+        if geo_fields:
+            fields = USER_FIELDS + [f for f in GEO_FIELDS
+                                    if not (f == "mySite" and self._my_site_refused)]
+        try:
+            return await self._read_user(key, fields)
+        except GraphError as error:
+            if "mySite" not in fields or error.status not in (401, 403):
+                raise
+        log.warning("Graph refused $select=mySite to this app; using preferredDataLocation only")
+        self._my_site_refused = True
+        return await self._read_user(key, [f for f in fields if f != "mySite"])
+
+    async def _read_user(self, key: str, fields: list[str]) -> DirectoryUser | None:
         config = RequestConfiguration(
             query_parameters=UserItemRequestBuilder.UserItemRequestBuilderGetQueryParameters(
-                select=USER_FIELDS + GEO_FIELDS if geo_fields else USER_FIELDS))
+                select=fields))
         builder = self.client.users.by_user_id(key)
         user = await self._get_json(lambda: builder.to_get_request_information(config),
                                     "reading the user")
@@ -409,8 +433,10 @@ def _as_graph_error(error: ODataError, doing: str) -> GraphError:
         return GraphThrottled(f"Graph answered {error.response_status_code} while {doing}"
                               f"{f': {code}' if code else ''}",
                               throttle_wait(error.response_headers or {}))
-    return GraphError(f"Graph answered {error.response_status_code} while {doing}"
-                      f"{f': {code}' if code else ''}{f' ({message})' if message else ''}")
+    failure = GraphError(f"Graph answered {error.response_status_code} while {doing}"
+                         f"{f': {code}' if code else ''}{f' ({message})' if message else ''}")
+    failure.status = error.response_status_code
+    return failure
 
 
 class SubscriptionValidationFailed(GraphError):

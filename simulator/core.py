@@ -170,6 +170,9 @@ class TenantSimulator:
         # Graph gives the webhook 10 s to echo the validation token (microsoft-graph-docs
         # concepts/change-notifications-delivery-webhooks.md, "notificationUrl validation").
         self.validation_timeout: float = 10.0
+        # An app-only `$select=mySite` answered 403, as reported in
+        # microsoftgraph/microsoft-graph-docs#7505 (Microsoft could not reproduce it): off by default.
+        self.refuse_app_my_site: bool = False
         self.notifications_dropped: int = 0
         self._users: list[User] = list(tenant.users)
         self._by_key: dict[str, User] = {}

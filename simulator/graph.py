@@ -174,6 +174,9 @@ def get_user(sim: "TenantSimulator", req: Request, key: str) -> Response:
     user = sim.find_user(key)
     if user is None:
         return _not_found_user(key)
+    if sim.refuse_app_my_site and select and "mySite" in select and req.claims.get("idtyp") == "app":
+        return error(403, "Authorization_RequestDenied",
+                     "Insufficient privileges to complete the operation.")
     sel = f"({','.join(select)})" if select else ""
     body = {"@odata.context": f"{_base(sim)}/$metadata#users{sel}/$entity", **_user_json(user, select, sim)}
     return json_response(200, body)

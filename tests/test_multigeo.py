@@ -121,6 +121,20 @@ def test_a_profile_that_stayed_in_nam_despite_its_preferred_location(
     assert sim.requests["admin-eur"].get("get", 0) == 0 and sim.requests["admin"]["get"] == 1
 
 
+def test_a_refused_my_site_select_falls_back_to_the_preferred_location(
+        geo_sim: TenantSimulator) -> None:
+    sim = geo_sim
+    sim.refuse_app_my_site = True  # microsoftgraph/microsoft-graph-docs#7505
+    bert, eur = sim.users()[6], sim.users()[1]
+    for user in (bert, eur):
+        sim.set_photo(user.id, RED)
+        deliver(user.id)
+    assert where_files_are(sim, bert) == {"NAM"} and where_files_are(sim, eur) == {"EUR"}
+    assert sim.wrong_geo_writes == []
+    # bert's preferredDataLocation (EUR) was wrong: one read there, then his own geo's
+    assert sim.requests["admin-eur"]["get"] == 2 and sim.requests["admin"]["get"] == 1
+
+
 def test_a_wrong_hint_costs_one_more_read_once(geo_sim: TenantSimulator) -> None:
     sim = geo_sim
     user = sim.users()[5]  # APC, no personal site: only preferredDataLocation hints
