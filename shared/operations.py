@@ -70,6 +70,7 @@ async def tenant_summary(settings: Settings) -> dict[str, Any]:
                          "expiresAt": subscription.expires_at.isoformat()} if subscription else None,
         "queues": dict(zip(_queue_names(settings), queues, strict=True)),
         "stateTableExists": table_exists,
+        "paused": settings.paused,
     }
 
 
@@ -89,6 +90,7 @@ async def health_figures(settings: Settings) -> dict[str, Any]:
     counts = await outcome_counts(settings)
     completed = cursor.last_completed_at
     return {
+        "paused": settings.paused,
         "poison_messages": sum(poison),
         "subscription_present": subscription is not None,
         "subscription_hours_left": round((subscription.expires_at - now).total_seconds() / 3600, 2)

@@ -23,6 +23,10 @@ DEFAULT_RECONCILE_SCHEDULE = "0 0 */6 * * *"
 DEFAULT_SHAREPOINT_RU_PER_MINUTE = 1250
 # Outlook serves Graph photos: "up to 4 concurrent requests" per app (Graph throttling-limits page).
 DEFAULT_GRAPH_PHOTO_CONCURRENCY = 4
+# The template's maximumInstanceCount (infra/main.bicep). A process that is not told how many
+# siblings share the budget assumes the deployed cap: a smaller share is slower but never
+# overruns SharePoint's budget, where 1 would let each of 4 instances spend all of it.
+DEFAULT_MAX_INSTANCES = 4
 
 # Azure Storage queue names: 3-63 chars, lowercase letters, digits and single hyphens.
 _QUEUE_NAME = re.compile(r"^(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*$")
@@ -79,8 +83,10 @@ class Settings:
     thumbnail_naming: str = "object-id"
     organisation: str = "photo-sync"
     sharepoint_ru_per_minute: int = DEFAULT_SHAREPOINT_RU_PER_MINUTE
-    max_instances: int = 1
+    max_instances: int = DEFAULT_MAX_INSTANCES
     graph_photo_concurrency: int = DEFAULT_GRAPH_PHOTO_CONCURRENCY
+    log_upns: bool = False  # PHOTO_SYNC_LOG_UPNS: log records keep UPNs (docs/security.md)
+    paused: bool = False  # PHOTO_SYNC_PAUSED: deployed but writing nothing (first deployment)
     # Multi-Geo: (data location code, My Site URL, admin URL) per geo from SHAREPOINT_GEOS; empty =
     # discover the geos (shared/geos.py)
     sharepoint_geos: tuple[tuple[str, str, str], ...] = ()
@@ -190,9 +196,11 @@ class Settings:
             organisation=organisation,
             sharepoint_ru_per_minute=reader.positive_int("SHAREPOINT_RU_PER_MINUTE",
                                                          DEFAULT_SHAREPOINT_RU_PER_MINUTE),
-            max_instances=reader.positive_int("PHOTO_SYNC_MAX_INSTANCES", 1),
+            max_instances=reader.positive_int("PHOTO_SYNC_MAX_INSTANCES", DEFAULT_MAX_INSTANCES),
             graph_photo_concurrency=reader.positive_int("GRAPH_PHOTO_CONCURRENCY",
                                                         DEFAULT_GRAPH_PHOTO_CONCURRENCY),
+            log_upns=reader.flag("PHOTO_SYNC_LOG_UPNS", False),
+            paused=reader.flag("PHOTO_SYNC_PAUSED", False),
             sharepoint_geos=_read_geos(reader),
         )
         if reader.problems:
