@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 
 from . import reasons, telemetry
 from .credentials import CachingCredential, build_credential
+from .geos import GeoClients, GeoMap, configured
 from .graph import DirectoryUser, GraphDirectory
 from .outcomes import Outcome, SyncResult
 from .queue import SyncRequest
@@ -51,7 +52,7 @@ class SyncContext:
 
     settings: Settings
     graph: GraphDirectory
-    sharepoint: SharePointProfiles
+    sharepoint: SharePointProfiles  # the default geo's; a user's own geo's during their sync
     state: StateStore
     writes: Writes | None = None  # performs the writes; built from sharepoint and state if None
     _intended: IntendedWrites | None = field(default=None, repr=False)
@@ -67,6 +68,11 @@ class SyncContext:
             record = await self.state.get_profile_writes()
             self._intended = IntendedWrites(record.answer)
         return self._intended
+    geos: GeoClients | None = None  # Multi-Geo: the geos and a client per geo (shared/geos.py)
+
+    async def geo_map(self) -> GeoMap:
+        """The tenant's geos (one for a single-geo tenant; no request per user either way)."""
+        return await self.geos.geo_map() if self.geos else configured(self.settings)
 
 
 @asynccontextmanager
@@ -77,9 +83,12 @@ async def open_context(settings: Settings,
                           graph=GraphDirectory(settings, credential),
                           sharepoint=SharePointProfiles.from_settings(settings, credential),
                           state=StateStore.from_settings(settings))
+    context.geos = GeoClients(settings, credential, context.graph, context.state,
+                              context.sharepoint)
     try:
         yield context
     finally:
+        await context.geos.close()
         await context.sharepoint.close()
         await context.state.close()
         await context.graph.close()
@@ -125,7 +134,8 @@ def _as_prediction(result: SyncResult, writes: Writes) -> SyncResult:
 
 
 async def _sync_user(context: SyncContext, request: SyncRequest, writes: Writes) -> SyncResult:
-    user = await context.graph.get_user(request.user_id)
+    geos = await context.geo_map()
+    user = await context.graph.get_user(request.user_id, geo_fields=geos.multi)
     if user is None:
         return SyncResult(request.user_id, "", Outcome.SKIPPED, "no such user in the directory",
                           reasons.USER_NOT_FOUND.code)
@@ -133,21 +143,35 @@ async def _sync_user(context: SyncContext, request: SyncRequest, writes: Writes)
     if not await writes.acquire_lease(lease, owner, USER_LEASE_SECONDS):
         raise UserBusy(f"user {user.id} is being synced by another worker")
     try:
-        return await _sync_and_record(context, user, request, writes)
+        return await _sync_and_record(context, user, request, geos, writes)
     finally:
         await writes.release_lease(lease, owner)
 
 
+class GeoUnknown(RuntimeError):
+    """The profile's PersonalSiteHostUrl names a My Site host of no geo photo-sync knows."""
+
+
 async def _sync_and_record(context: SyncContext, user: DirectoryUser, request: SyncRequest,
-                           writes: Writes) -> SyncResult:
+                           geos: GeoMap, writes: Writes) -> SyncResult:
     state = await context.state.get(user.id) or UserState(user_id=user.id)
     state.upn = user.upn
+    # A preferredDataLocation change (a `users` notification) may mean SharePoint moves the
+    # profile to another geo: check where it is now, even if the photo did not change.
+    recheck = geos.multi and bool(state.geo) and \
+        user.preferred_data_location != state.preferred_data_location
+    if geos.multi:
+        state.preferred_data_location = user.preferred_data_location
     settings = context.settings
     groups = await context.graph.member_of(user.id, scope_groups(settings)) \
         if uses_groups(settings) else set()
     skip = out_of_scope(settings, user, groups)
     if skip is None:
-        result = await _sync(context, user, state, request.force, writes)
+        try:
+            result = await _sync(context, user, state, request.force, writes, geos, recheck)
+        except GeoUnknown as unknown:
+            result = SyncResult(user.id, user.upn, Outcome.FAILED, str(unknown),
+                                reasons.GEO_UNKNOWN.code)
     else:
         result = SyncResult(user.id, user.upn, Outcome.SKIPPED, skip.sentence, skip.code)
     if result.outcome is not Outcome.UNCHANGED:
@@ -157,17 +181,47 @@ async def _sync_and_record(context: SyncContext, user: DirectoryUser, request: S
     return result
 
 
+async def _locate(context: SyncContext, geos: GeoMap, user: DirectoryUser,
+                  state: UserState) -> tuple[SyncContext, Profile | None, bool]:
+    """The user's profile, read through the geo that holds it, and the context whose `sharepoint`
+    is that geo's client; and whether the profile moved geo since the last sync.
+
+    Microsoft's way (sp-dev-docs multigeo-userprofileexperience.md): the profile's
+    PersonalSiteHostUrl names the My Site host of its geo, whichever geo answers. The first guess
+    is the geo remembered in the state row, else Graph mySite or preferredDataLocation; a wrong
+    guess costs one more read, and only the first time. A single-geo tenant: the same one read."""
+    if not geos.multi or context.geos is None:
+        return context, await context.sharepoint.get_profile(user.upn), False
+    guess = (geos.by_key(state.geo) if state.geo else None) or geos.hint(user)
+    client = context.geos.client(guess)
+    profile = await client.get_profile(user.upn)
+    host = profile.personal_site_host if profile is not None else ""
+    home = geos.for_host(host) if host else guess
+    if home is None:
+        raise GeoUnknown(f"the profile lives on {host}, a My Site host of no geo photo-sync knows")
+    if home is not guess:
+        client = context.geos.client(home)
+        profile = await client.get_profile(user.upn)
+    moved = bool(state.geo) and state.geo != home.key
+    if moved:
+        log.info("user %s: profile moved from geo %s to %s", user.id, state.geo, home.key)
+    state.geo = home.key
+    return replace(context, sharepoint=client), profile, moved
+
+
 async def _sync(context: SyncContext, user: DirectoryUser, state: UserState, force: bool,
-                writes: Writes) -> SyncResult:
+                writes: Writes, geos: GeoMap, recheck: bool = False) -> SyncResult:
     def result(outcome: Outcome, reason: str, code: reasons.ReasonCode) -> SyncResult:
         return SyncResult(user.id, user.upn, outcome, reason, code.code)
 
     etag = await context.graph.get_photo_etag(user.id)
     if etag and etag == state.seen_etag and not force:
         last = f" (last outcome: {state.outcome})" if state.outcome not in ("", "updated") else ""
-        return result(Outcome.UNCHANGED, "photo etag unchanged" + last, reasons.ETAG_UNCHANGED)
+        if not recheck or not (await _locate(context, geos, user, state))[2]:
+            return result(Outcome.UNCHANGED, "photo etag unchanged" + last, reasons.ETAG_UNCHANGED)
+        force = True  # the profile moved geo: its picture goes into the new geo's library
     if not etag:
-        return await _remove(context, user, state, writes, result)
+        return await _remove(context, user, state, writes, result, geos)
     # Graph lists a photo; an empty body is refused as an empty image below, not taken as removal
     data = await context.graph.get_photo_bytes(user.id) or b""
 
@@ -178,8 +232,10 @@ async def _sync(context: SyncContext, user: DirectoryUser, state: UserState, for
         state.seen_etag = etag  # this photo will never work: do not download it again
         return result(Outcome.FAILED, f"photo refused: {rejected}", rejected.code)
 
+    context, profile, moved = await _locate(context, geos, user, state)
+    force = force or moved  # thumbnails and link go into the geo the profile moved to
+    writes = writes.on(context.sharepoint)  # writes go to that geo too
     sharepoint = context.sharepoint
-    profile = await sharepoint.get_profile(user.upn)
     if profile is None:  # not seen: try again once SharePoint has created the profile
         return result(Outcome.SKIPPED, "SharePoint has no user profile for this account yet",
                       reasons.PROFILE_MISSING)
@@ -247,15 +303,16 @@ async def _link(writes: Writes, upn: str, profile: Profile, stem: str, state: Us
 
 
 async def _remove(context: SyncContext, user: DirectoryUser, state: UserState, writes: Writes,
-                  result: ResultFor) -> SyncResult:
+                  result: ResultFor, geos: GeoMap) -> SyncResult:
     """The user has no photo any more. The picture people see must stop being theirs, and no profile
     may point at a missing file: a linked trio is overwritten with a neutral placeholder (after
     unlinking where allowed), never deleted; only files no profile shows are deleted."""
     had_upload, had_photo = bool(state.uploaded_hash), bool(state.seen_etag)
     if not had_upload and not had_photo:
         return result(Outcome.NO_PHOTO, "no photo in Microsoft 365", reasons.NO_PHOTO_SET)
+    context, profile, _ = await _locate(context, geos, user, state)
+    writes = writes.on(context.sharepoint)
     sharepoint = context.sharepoint
-    profile = await sharepoint.get_profile(user.upn)
     linked = await sharepoint.linked_stem(profile) if profile else None
     if linked is None and not (had_upload and state.picture_stem):
         state.seen_etag = ""

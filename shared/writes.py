@@ -28,6 +28,10 @@ class Writes(Protocol):
 
     dry_run: bool
 
+    def on(self, sharepoint: SharePointProfiles) -> Writes:
+        """The same writer, writing through another geo's SharePoint client (Multi-Geo)."""
+        ...
+
     async def upload(self, stem: str, suffix: str, data: bytes) -> None: ...
     async def delete(self, stem: str, suffix: str) -> None: ...
     async def link_picture(self, upn: str, stem: str) -> None: ...
@@ -46,11 +50,17 @@ class SharePointWrites:
     dry_run = False
 
     def __init__(self, sharepoint: SharePointProfiles, state: StateStore,
-                 learn: bool = True) -> None:
+                 learn: bool = True, known: list[str] | None = None) -> None:
         self._sharepoint = sharepoint
         self._state = state
         self._learn = learn
-        self._known: str | None = None  # the answer this process has recorded or read
+        # the answer this process has recorded or read, shared with the writers of other geos
+        self._known: list[str] = known if known is not None else []
+
+    def on(self, sharepoint: SharePointProfiles) -> SharePointWrites:
+        if sharepoint is self._sharepoint:
+            return self
+        return SharePointWrites(sharepoint, self._state, self._learn, self._known)
 
     async def upload(self, stem: str, suffix: str, data: bytes) -> None:
         await self._sharepoint.upload(stem, suffix, data)
@@ -76,12 +86,12 @@ class SharePointWrites:
         await self._record("allowed", 200)
 
     async def _record(self, answer: str, status: int) -> None:
-        if not self._learn or self._known == answer:
+        if not self._learn or self._known == [answer]:
             return
         if (await self._state.get_profile_writes()).answer != answer:
             await self._state.record_profile_writes(answer, status, "sync")
             log.info("profile writes %s (HTTP %s) recorded for the tenant", answer, status)
-        self._known = answer
+        self._known[:] = [answer]
 
     async def save(self, state: UserState) -> None:
         await self._state.save(state)
@@ -102,6 +112,9 @@ class IntendedWrites:
     def __init__(self, profile_writes: str) -> None:
         self.profile_writes = profile_writes  # allowed | refused | untested
         self.intended: Counter[str] = Counter()  # writes a real run would make, by kind
+
+    def on(self, sharepoint: SharePointProfiles) -> IntendedWrites:
+        return self
 
     async def upload(self, stem: str, suffix: str, data: bytes) -> None:
         self.intended["upload"] += 1

@@ -25,6 +25,7 @@ param graphBaseUrl string
 param sharePointMySiteUrl string
 param sharePointAdminUrl string = ''
 param photosFolder string = ''
+param sharepointGeos string = ''
 @secure()
 param graphClientState string
 param reconcileSchedule string
@@ -130,6 +131,7 @@ var appSettings = {
   SHAREPOINT_MYSITE_URL: sharePointMySiteUrl
   SHAREPOINT_ADMIN_URL: sharePointAdminUrl
   SHAREPOINT_PHOTOS_FOLDER: photosFolder
+  SHAREPOINT_GEOS: sharepointGeos
   SHAREPOINT_THUMBNAIL_NAMING: thumbnailNaming
   PHOTO_SYNC_ORGANISATION: organisation
   // Empty: S 48, M 72 and L at the size of the tenant's existing L thumbnails, learnt by the
