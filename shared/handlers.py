@@ -52,7 +52,7 @@ from .queue import (
 )
 from .reconcile import DEFAULT_TIME_BUDGET_SECONDS, ReconcileReport, reconcile
 from .settings import Settings
-from .sharepoint import SharePointProfiles
+from .sharepoint import SharePointProfiles, forget_learnt_sizes
 from .state import StateStore
 from .subscriptions import SubscriptionStatus, ensure_subscription, reauthorize
 from .sync import SyncContext, SyncResult, UserBusy, open_context, sync_user
@@ -93,6 +93,7 @@ def reset_process_caches() -> None:
     get_settings.cache_clear()
     get_credential.cache_clear()
     pacing.reset()
+    forget_learnt_sizes()
     geos.reset()
     _process_clients.clear()
 

@@ -40,6 +40,16 @@ _DOTNET_EPOCH = datetime(1, 1, 1, tzinfo=timezone.utc)
 _APP_ONLY_REFUSAL = "managing your own data or have administrator privileges"
 
 
+_LARGE_PX: dict[str, int] = {}  # My Site host -> the L thumbnail size its files have
+_LARGE_PX_ATTEMPTS: dict[str, int] = {}
+
+
+def forget_learnt_sizes() -> None:
+    """Forget the L sizes learnt (tests and the local host change tenants)."""
+    _LARGE_PX.clear()
+    _LARGE_PX_ATTEMPTS.clear()
+
+
 class SharePointError(RuntimeError):
     """A SharePoint call failed in a way a later retry may fix."""
 
@@ -168,9 +178,6 @@ class SharePointProfiles:
         # server-relative, e.g. "/User Photos/Profile Pictures"; None until learned or discovered
         self._folder: str | None = f"{self._site_path}/{photos_folder.strip('/')}" \
             if photos_folder else None
-        # the tenant's L thumbnail size in pixels, learnt from an existing file (shared/sync.py)
-        self.large_px: int | None = None
-        self.large_px_attempts = 0
 
     @classmethod
     def from_settings(cls, settings: Settings, credential: CachingCredential) -> SharePointProfiles:
@@ -189,6 +196,25 @@ class SharePointProfiles:
 
     # The photos folder: its name follows the My Site language ("Profilbilder" in German, pnp/PnP
     # #1419), so it is learned from a linked profile's PictureURL, else read from the library.
+
+    # The tenant's L thumbnail size, learnt from an existing file (shared/sync.py): one read per
+    # process and My Site host, whichever event loop and client made it.
+
+    @property
+    def large_px(self) -> int | None:
+        return _LARGE_PX.get(self.mysite_url.lower())
+
+    @large_px.setter
+    def large_px(self, size: int) -> None:
+        _LARGE_PX[self.mysite_url.lower()] = size
+
+    @property
+    def large_px_attempts(self) -> int:
+        return _LARGE_PX_ATTEMPTS.get(self.mysite_url.lower(), 0)
+
+    @large_px_attempts.setter
+    def large_px_attempts(self, attempts: int) -> None:
+        _LARGE_PX_ATTEMPTS[self.mysite_url.lower()] = attempts
 
     async def folder_path(self) -> str:
         """The photos folder, server-relative: configured, learned from a profile, or discovered."""
