@@ -153,6 +153,8 @@ async def replay_poison_command(settings: Settings, options: dict[str, Any]) -> 
     return {"messages": moved, "dryRun": dry_run}
 
 
+# One line per command. Commands built elsewhere register the same way, e.g.
+#   register("preflight", preflight_command, writes=lambda o: bool(o.get("write_test")))
 register("subscription", subscription_command, writes=lambda o: o.get("action") in ("ensure", "delete"))
 # a dry run queues nothing but still takes the reconciliation lease in the state table
 register("reconcile", reconcile_command, writes=True)
