@@ -17,7 +17,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
-from azure.core.exceptions import AzureError
+from azure.core.exceptions import AzureError, ResourceNotFoundError
 
 from . import geos, pacing, telemetry
 from .credentials import CachingCredential, build_credential
@@ -426,8 +426,11 @@ async def poison_now(queue_name: str, body: str | bytes) -> None:
         log.error("an invalid message too large to keep was dropped", extra={"queue": queue_name})
         return
     async with queue_client(get_settings().storage, f"{queue_name}-poison") as client:
-        await create_queue_if_missing(client)
-        await client.send_message(text)
+        try:
+            await client.send_message(text)
+        except ResourceNotFoundError:  # the first message ever poisoned
+            await create_queue_if_missing(client)
+            await client.send_message(text)
 
 
 async def handle_control_message(body: str | bytes) -> dict[str, Any]:
