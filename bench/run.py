@@ -34,7 +34,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench import freshness, scale
+from bench import freshness, multigeo, preflight, scale
 
 ROOT = Path(__file__).resolve().parent.parent
 GOALS = {
@@ -117,7 +117,8 @@ def graph_requests(counters: dict[str, dict[str, int]]) -> int:
 
 
 def sharepoint_requests(counters: dict[str, dict[str, int]]) -> int:
-    return sum(counters.get("mysite", {}).values()) + sum(counters.get("admin", {}).values())
+    """Requests every My Site and admin host received (a Multi-Geo tenant has one pair per geo)."""
+    return sum(sum(c.values()) for host, c in counters.items() if host != "graph")
 
 
 def machine() -> dict[str, str]:
@@ -765,6 +766,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="photo changes of hot users (default 20)")
     parser.add_argument("--loop-lag-users", type=int, default=1_000,
                         help="queued users of the loop-lag scenario (0 skips it; default 1000)")
+    parser.add_argument("--multigeo-users", type=int, default=3_000,
+                        help="tenant size of the three-geo scenario (0 skips it; default 3000)")
+    parser.add_argument("--preflight-users", type=int, default=10_000,
+                        help="tenant size of the preflight scenario (0 skips it; default 10000)")
+    parser.add_argument("--preflight-sample", type=int, default=200,
+                        help="users preflight samples (default 200)")
     parser.add_argument("--json", metavar="PATH", help="also write every figure as JSON")
     args = parser.parse_args(argv)
     args.size_list = [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
@@ -787,12 +794,16 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     thumbs = thumbnail_cost(args.thumbnail_runs)
     results = []
-    initial = fresh = lag = None
+    initial = geos = fresh = lag = None
     with Azurite() as azurite:
         for n in args.size_list:
             results.append(run_size(n, azurite, args))
         if args.initial_sync_users:
             initial = scale.initial_sync(azurite, args, console)
+        if args.multigeo_users:
+            geos = multigeo.multigeo(azurite, args, console)
+        checked = preflight.preflight_bench(azurite, args, console) \
+            if args.preflight_users else None
         if args.freshness_users:
             fresh = freshness.freshness(azurite, args, console)
         if args.loop_lag_users:
@@ -800,16 +811,22 @@ def main(argv: list[str] | None = None) -> int:
     if results:
         print_tables(results, thumbs, args)
     scale.print_scale_tables(results, initial, args, console)
+    if geos:
+        multigeo.print_multigeo(geos, console)
     console.print(f"total bench time {time.perf_counter() - started:.0f} s")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(
             {"machine": info, "args": {k: v for k, v in vars(args).items()},
              "thumbnails": thumbs, "sizes": [r.__dict__ for r in results],
-             "initial_sync": initial, "freshness": fresh, "loop_lag": lag},
-            indent=2, default=str))
+             "initial_sync": initial, "multi_geo": geos, "preflight": checked,
+             "freshness": fresh, "loop_lag": lag}, indent=2, default=str))
     if initial:
         print(scale.initial_sync_line(initial), flush=True)
+    if geos:
+        print(multigeo.multigeo_line(geos), flush=True)
+    if checked:
+        print(preflight.preflight_line(checked), flush=True)
     if fresh:
         console.print(f"freshness goals: p95 <= {fresh['goal_p95']:.0f} s "
                       f"{verdict(fresh['p95'] <= fresh['goal_p95'])}, hot p95 <= "

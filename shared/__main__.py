@@ -28,7 +28,7 @@ from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
-from . import __version__, admin, operations, reasons, remote, telemetry
+from . import __version__, admin, operations, preflight, reasons, remote, telemetry
 from .credentials import CachingCredential
 from .graph import GraphError
 from .handlers import UNPAUSE_HINT, get_credential, get_settings
@@ -191,6 +191,10 @@ def _parser() -> argparse.ArgumentParser:
                               "it; delete it (both write: --app)")
     _add_app_command(subscription, "subscription", lambda a: {"action": a.action},
                      _render_subscription)
+
+    checks = command("preflight", help=preflight.HELP, description=preflight.DESCRIPTION)
+    preflight.add_arguments(checks)
+    _add_app_command(checks, "preflight", preflight.cli_options, preflight.render_cli)
     return parser
 
 
@@ -346,7 +350,10 @@ def _print_results(results: list[SyncResult], output: str) -> None:
         return
     _print_lines(("user", "outcome", "reason code: sentence"),
                  [(r.upn or r.user_id, r.outcome.value, _coded(r.code, r.reason)) for r in results])
-    Console().print(", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items())) or "no users")
+    summary = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items())) or "no users"
+    if any(r.dry_run for r in results):
+        summary = f"dry run, nothing written: a real run would give {summary}"
+    Console(highlight=False).print(summary)
 
 
 def _outcome_list(text: str) -> list[str]:
@@ -456,6 +463,9 @@ def _print_summary(summary: dict[str, object], as_json: bool) -> None:
     codes = summary.get("reasons")
     if isinstance(codes, dict) and codes:
         console.print("by reason code: " + ", ".join(f"{code} {n}" for code, n in codes.items()))
+    geos = summary.get("geos")
+    if isinstance(geos, dict) and geos:
+        console.print("by geo: " + ", ".join(f"{geo} {n}" for geo, n in geos.items()))
     if summary.get("counters") == "scan":
         console.print("[yellow]figures from a scan of every user[/]: run `python -m shared "
                       "counters rebuild --app NAME` once to count the users written by an "
@@ -496,7 +506,8 @@ async def _link_command(args: argparse.Namespace) -> int:
             results.append(result)
             bar.advance(task)
     if not _emit_rows([{"userId": r.user_id, "upn": r.upn, "linked": r.linked, "reason": r.reason,
-                        "reasonCode": r.code} for r in results], args.output, "results"):
+                        "reasonCode": r.code, **({"dry_run": True} if r.dry_run else {})}
+                       for r in results], args.output, "results"):
         table = Table("user", "linked", "reason")
         for result in results:
             table.add_row(result.upn or result.user_id, "yes" if result.linked else "no",

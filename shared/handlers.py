@@ -18,9 +18,9 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from azure.core.exceptions import AzureError
+from azure.core.exceptions import AzureError, ResourceNotFoundError
 
-from . import pacing, telemetry
+from . import geos, pacing, telemetry
 from .credentials import CachingCredential, build_credential
 from .graph import GraphDirectory, load_typed_models
 from .inputs import (
@@ -61,7 +61,7 @@ from .reconcile import (
     reconcile,
 )
 from .settings import Settings
-from .sharepoint import SharePointProfiles
+from .sharepoint import SharePointProfiles, forget_learnt_sizes
 from .state import StateStore, utc_now
 from .subscriptions import SubscriptionStatus, ensure_subscription, reauthorize
 from .sync import SyncContext, SyncResult, UserBusy, open_context, sync_user
@@ -117,6 +117,8 @@ def reset_process_caches() -> None:
     get_settings.cache_clear()
     get_credential.cache_clear()
     pacing.reset()
+    forget_learnt_sizes()
+    geos.reset()
     _process_clients.clear()
 
 
@@ -162,9 +164,12 @@ async def _open_clients(settings: Settings) -> _Clients:
     context = SyncContext(settings=settings, graph=GraphDirectory(settings, credential),
                           sharepoint=SharePointProfiles.from_settings(settings, credential),
                           state=StateStore.from_settings(settings))
+    context.geos = geos.GeoClients(settings, credential, context.graph, context.state,
+                                   context.sharepoint)
     queue = SyncQueue.from_settings(settings)
     stack = AsyncExitStack()
-    for close in (context.graph.close, context.state.close, context.sharepoint.close, queue.close):
+    for close in (context.graph.close, context.state.close, context.sharepoint.close, queue.close,
+                  context.geos.close):
         stack.push_async_callback(close)
     clients = _Clients(settings, context, queue, stack)
     clients.lifetime = _lifetime(clients, asyncio.get_running_loop())
@@ -445,8 +450,11 @@ async def poison_now(queue_name: str, body: str | bytes) -> None:
         log.error("an invalid message too large to keep was dropped", extra={"queue": queue_name})
         return
     async with queue_client(get_settings().storage, f"{queue_name}-poison") as client:
-        await create_queue_if_missing(client)
-        await client.send_message(text)
+        try:
+            await client.send_message(text)
+        except ResourceNotFoundError:  # the first message ever poisoned
+            await create_queue_if_missing(client)
+            await client.send_message(text)
 
 
 async def handle_control_message(body: str | bytes) -> dict[str, Any]:

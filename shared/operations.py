@@ -12,12 +12,12 @@ import asyncio
 import csv
 import io
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
 
-from . import counters, reasons
+from . import counters, geos, reasons
 from .credentials import CachingCredential
 from .queue import (
     InvalidMessage,
@@ -29,6 +29,7 @@ from .queue import (
 from .settings import Settings
 from .sharepoint import ProfileWriteRefused, SharePointError, SharePointProfiles, new_stem
 from .state import StateStore, UserState, table_client, utc_now
+from .writes import IntendedWrites, SharePointWrites, Writes
 
 NEEDS_LINK = "needs_profile_link"
 
@@ -62,6 +63,7 @@ async def tenant_summary(settings: Settings) -> dict[str, Any]:
         "users": counts.users,
         "outcomes": counts.outcomes,
         "reasons": counts.reasons,
+        "geos": counts.geos,  # Multi-Geo: users per geo (empty on a single-geo tenant)
         "counters": "ready" if counts.ready else "scan",
         "lastReconcile": cursor.last_completed_at.isoformat() if cursor.last_completed_at else None,
         "reconcileInProgress": bool(cursor.next_link),
@@ -103,6 +105,8 @@ async def health_figures(settings: Settings) -> dict[str, Any]:
         "failed_users": counts.outcomes.get("failed", 0),
         "needs_profile_link_users": counts.outcomes.get(NEEDS_LINK, 0),
         "counters_ready": counts.ready,
+        # Multi-Geo: users per geo, "EUR=120,NAM=300" (empty on a single-geo tenant)
+        "users_per_geo": ",".join(f"{geo}={n}" for geo, n in counts.geos.items()),
     }
 
 
@@ -129,16 +133,19 @@ async def replay_poison(settings: Settings, *, control: bool = False, dry_run: b
 
 # Exports: one row per user, for Excel and scripts
 
-EXPORT_COLUMNS = ("userId", "upn", "outcome", "reasonCode", "reason", "lastChange", "pictureStem")
+EXPORT_COLUMNS = ("userId", "upn", "outcome", "reasonCode", "reason", "lastChange", "pictureStem",
+                  "geo")
 
 
 def export_row(state: UserState) -> dict[str, str]:
     """One user as the CSV/JSON exports show it. `pictureStem` is the file stem the profile shows
-    (`<stem>_MThumb.jpg`), empty until photo-sync has recorded one."""
+    (`<stem>_MThumb.jpg`), empty until photo-sync has recorded one. `geo` is the key of the
+    Multi-Geo location holding the profile (shared/geos.py), empty on a single-geo tenant."""
     return {"userId": state.user_id, "upn": state.upn, "outcome": state.outcome or "pending",
             "reasonCode": state.reason_code, "reason": state.reason,
             "lastChange": state.updated_at.isoformat(timespec="seconds"),
-            "pictureStem": str(getattr(state, "picture_stem", "") or "")}
+            "pictureStem": str(getattr(state, "picture_stem", "") or ""),
+            "geo": state.geo}
 
 
 def _filter(outcomes: Sequence[str], codes: Sequence[str]) -> str:
@@ -207,6 +214,7 @@ class LinkResult:
     linked: bool
     reason: str
     code: str = ""
+    dry_run: bool = False  # what the real run would answer; nothing was written
 
 
 async def users_needing_link(store: StateStore) -> AsyncIterator[UserState]:
@@ -245,41 +253,65 @@ async def link_profiles(settings: Settings, admin_credential: CachingCredential,
     only the listed `users` (ids or UPNs, e.g. from a CSV export) when given.
 
     Each success is recorded at once (outcome `updated`), so a second run continues with the rest.
+    A dry run takes the same steps through a writer that writes nothing (shared/writes.py) and
+    expects the administrator's write to be accepted.
     """
-    sharepoint = SharePointProfiles.from_settings(settings, admin_credential)
     store = StateStore.from_settings(settings)
+    # Multi-Geo: each profile is linked through its own geo's admin host (shared/geos.py)
+    clients = {"": SharePointProfiles.from_settings(settings, admin_credential)}
+
+    def client_for(state: UserState) -> SharePointProfiles | None:
+        geo = geo_map.by_key(state.geo) if state.geo else geo_map.default
+        if geo is None:
+            return None
+        if geo.default:
+            return clients[""]
+        if geo.key not in clients:
+            clients[geo.key] = SharePointProfiles.for_geo(settings, admin_credential, geo.key,
+                                                          geo.mysite_url, geo.admin_url)
+        return clients[geo.key]
+
+    # an administrator's delegated rights say nothing about the app's: never recorded as the app's
+    writes: Writes = IntendedWrites("allowed") if dry_run else \
+        SharePointWrites(clients[""], store, learn=False)
     try:
+        geo_map = await geos.known(settings, store)
         skipped: list[LinkResult] = []
         if users is None:
             pending = [state async for state in users_needing_link(store)]
         else:
             pending = await _listed(store, users, skipped)
         for result in skipped:
-            yield result
+            yield replace(result, dry_run=dry_run)
         for state in pending:
             # exactly the files the app uploaded for this user (recorded in the state table)
             stem = state.picture_stem or new_stem(settings.thumbnail_naming, state.user_id, state.upn)
-            if dry_run:
+            profiles = client_for(state)
+            if profiles is None:
                 yield LinkResult(state.user_id, state.upn, False,
-                                 f"dry run: would link to {await sharepoint.picture_url(stem)}",
-                                 reasons.DRY_RUN.code)
+                                 f"the profile is in geo {state.geo}, which photo-sync no longer "
+                                 "knows: add it to SHAREPOINT_GEOS", reasons.LINK_ERROR.code,
+                                 dry_run)
                 continue
             try:
-                await sharepoint.link_picture(state.upn, stem)
+                await writes.on(profiles).link_picture(state.upn, stem)
             except ProfileWriteRefused as refused:
                 yield LinkResult(state.user_id, state.upn, False,
                                  f"{refused}: sign in as a SharePoint administrator",
-                                 reasons.ADMIN_LINK_REFUSED.code)
+                                 reasons.ADMIN_LINK_REFUSED.code, dry_run)
                 continue
             except SharePointError as error:
                 yield LinkResult(state.user_id, state.upn, False, str(error),
-                                 reasons.LINK_ERROR.code)
+                                 reasons.LINK_ERROR.code, dry_run)
                 continue
             state.outcome, state.reason = "updated", reasons.LINKED_BY_ADMIN.sentence
             state.reason_code = reasons.LINKED_BY_ADMIN.code
             state.picture_stem, state.profile_linked = stem, True
-            await store.save(state)
-            yield LinkResult(state.user_id, state.upn, True, state.reason, state.reason_code)
+            await writes.save(state)
+            reason = state.reason if not dry_run else \
+                f"{state.reason} (would link to {await profiles.picture_url(stem)})"
+            yield LinkResult(state.user_id, state.upn, True, reason, state.reason_code, dry_run)
     finally:
-        await sharepoint.close()
+        for client in clients.values():
+            await client.close()
         await store.close()

@@ -53,9 +53,6 @@ PLACEHOLDER_FLAG_CLEARED = _code(
     "thumbnails replaced and the profile's placeholder flag cleared", "Nothing.")
 LINKED_BY_ADMIN = _code(
     "linked_by_admin", UPDATED, "profile linked by an administrator", "Nothing.")
-DRY_RUN = _code(
-    "dry_run", (UPDATED, PHOTO_REMOVED), "dry run: nothing was written",
-    "Nothing: a `--dry-run` says what a real run would do; its outcome is never recorded.")
 
 # unchanged
 ETAG_UNCHANGED = _code(
@@ -175,6 +172,12 @@ PHOTOS_FOLDER_NOT_FOUND = _code(
     "The User Photos library appears with the first profile picture SharePoint stores; until "
     "then, or if discovery picks the wrong folder, set SHAREPOINT_PHOTOS_FOLDER, e.g. "
     "'User Photos/Profile Pictures' (docs/settings.md). The next reconciliation retries.")
+
+GEO_UNKNOWN = _code(
+    "geo_unknown", FAILED, "the user's profile lives in a SharePoint geo photo-sync does not know",
+    "Multi-Geo tenant: add the geo's My Site URL to SHAREPOINT_GEOS (docs/settings.md), or grant "
+    "Microsoft Graph Sites.Read.All so photo-sync discovers the geos. The next reconciliation "
+    "retries.")
 
 
 def describe(code: str) -> ReasonCode | None:

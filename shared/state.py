@@ -25,6 +25,8 @@ from .settings import Settings, StorageSettings
 
 USER_PARTITION = "user"
 CONTROL_PARTITION = "control"
+PROFILE_WRITES_ROW = "profile-writes"
+PROFILE_WRITE_ANSWERS = ("allowed", "refused", "untested")
 
 
 def utc_now() -> datetime:
@@ -45,6 +47,11 @@ class UserState:
     outcome: str = ""
     reason: str = ""
     reason_code: str = ""        # stable code of `reason` (shared/reasons.py)
+    # Multi-Geo: the key of the geo holding the user's profile (shared/geos.py; "" = not known
+    # yet or single-geo), and the preferredDataLocation seen when it was decided: a change makes
+    # the next sync check the geo again
+    geo: str = ""
+    preferred_data_location: str = ""
     updated_at: datetime = field(default_factory=utc_now)
 
     def to_entity(self) -> dict[str, Any]:
@@ -94,6 +101,22 @@ class HotUser:
     user_id: str
     kind: str
     at: int
+
+
+@dataclass(frozen=True)
+class ProfileWritesRecord:
+    """Whether SharePoint lets this app write profile properties (tenant-wide, learnt once): the
+    answer, when and from which HTTP status it was learnt, and who learnt it. `untested` until the
+    sync's first profile write or `preflight --write-test`."""
+
+    answer: str = "untested"  # PROFILE_WRITE_ANSWERS
+    learnt_at: datetime | None = None
+    http_status: int | None = None
+    source: str = ""  # "sync" or "preflight --write-test"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"answer": self.answer, "learntAt": self.learnt_at.isoformat()
+                if self.learnt_at else None, "httpStatus": self.http_status, "source": self.source}
 
 
 # Bounded retries: the SDK default keeps retrying an unreachable endpoint for over a minute.
@@ -294,6 +317,19 @@ class StateStore:
         await self._ensure_table()
         await self._client.delete_entity(CONTROL_PARTITION, "subscription")
 
+    async def get_geos(self) -> tuple[str, datetime] | None:
+        """The discovered geos (shared/geos.py, as JSON) and when they were discovered."""
+        entity = await self._control("geos")
+        if not entity or not entity.get("geos") or not entity.get("discovered_at"):
+            return None
+        return str(entity["geos"]), entity["discovered_at"]
+
+    async def save_geos(self, geos: str, discovered_at: datetime) -> None:
+        await self._ensure_table()
+        await self._client.upsert_entity({"PartitionKey": CONTROL_PARTITION, "RowKey": "geos",
+                                          "geos": geos, "discovered_at": discovered_at},
+                                         mode=UpdateMode.REPLACE)
+
     async def get_cursor(self) -> ReconcileCursor:
         entity = await self._control("reconcile")
         if not entity:
@@ -351,6 +387,30 @@ class StateStore:
                                        f"RowKey gt 'hot-{len(rows) - 1:04d}' and RowKey lt 'hot.'",
                                        select=["RowKey"]):
             await self._client.delete_entity(CONTROL_PARTITION, entity["RowKey"])
+
+    async def get_profile_writes(self) -> ProfileWritesRecord:
+        """The tenant's recorded profile-write answer (`untested` when none is recorded)."""
+        entity = await self._control(PROFILE_WRITES_ROW)
+        if not entity or entity.get("answer") not in PROFILE_WRITE_ANSWERS:
+            return ProfileWritesRecord()
+        status = entity.get("http_status")
+        return ProfileWritesRecord(entity["answer"], entity.get("learnt_at"),
+                                   int(status) if status is not None else None,
+                                   entity.get("source", ""))
+
+    async def record_profile_writes(self, answer: str, http_status: int,
+                                    source: str) -> ProfileWritesRecord:
+        """Record what a profile write just taught (`allowed` or `refused`)."""
+        if answer not in PROFILE_WRITE_ANSWERS:
+            raise ValueError(f"answer must be one of {PROFILE_WRITE_ANSWERS}")
+        record = ProfileWritesRecord(answer, utc_now(), http_status, source)
+        await self._ensure_table()
+        await self._client.upsert_entity({"PartitionKey": CONTROL_PARTITION,
+                                          "RowKey": PROFILE_WRITES_ROW, "answer": answer,
+                                          "learnt_at": record.learnt_at,
+                                          "http_status": http_status, "source": source},
+                                         mode=UpdateMode.REPLACE)
+        return record
 
     async def acquire_lease(self, name: str, owner: str, seconds: float) -> bool:
         """Take a named lease unless another owner holds an unexpired one (optimistic concurrency)."""

@@ -74,6 +74,16 @@ def make_thumbnails(data: bytes, sizes: tuple[int, int, int] = (48, 72, 200), *,
     return Thumbnails(small, medium, large)
 
 
+def picture_px(data: bytes) -> int | None:
+    """The width in pixels of an existing thumbnail file, read from its header only (no decoding);
+    None when the bytes are not an image."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return int(image.size[0])
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None
+
+
 def placeholder_thumbnails(sizes: tuple[int, int, int] = (48, 72, 200)) -> Thumbnails:
     """A neutral grey silhouette: what a removed photo is replaced with while the profile still
     links to the thumbnail files (deleting them would leave a broken image on every people card)."""
