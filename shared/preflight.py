@@ -239,11 +239,10 @@ class _Run:
             groups_ok = True
         if graph_ok:
             self.geos = await self._geo_map()
-        sharepoint_ok = library_ok = profiles_ok = True
+        library_ok = profiles_ok = True
         for geo in self.geos.geos:  # every SharePoint check in each geo: each is its own farm
-            token, library, profiles = await self._sharepoint_checks(geo, first)
-            sharepoint_ok, library_ok = sharepoint_ok and token, library_ok and library
-            profiles_ok = profiles_ok and profiles
+            library, profiles = await self._sharepoint_checks(geo, first)
+            library_ok, profiles_ok = library_ok and library, profiles_ok and profiles
         await self._storage()
         await self._notification_url()
         await self._subscription()
@@ -282,9 +281,10 @@ class _Run:
         return geos
 
     async def _sharepoint_checks(self, geo: Geo,
-                                 first: DirectoryUser | None) -> tuple[bool, bool, bool]:
-        """SharePoint token, photos library and profile read through one geo's hosts; a
-        Multi-Geo tenant's check names end with the geo's key."""
+                                 first: DirectoryUser | None) -> tuple[bool, bool]:
+        """SharePoint token, photos library and profile read through one geo's hosts (whether
+        the library and the profile read passed); a Multi-Geo tenant's check names end with the
+        geo's key."""
         multi = self.geos.multi
         tag, key = (f" ({geo.key})", geo.key) if multi else ("", "")
         client = self.geo_clients.client(geo)
@@ -308,7 +308,7 @@ class _Run:
         if not sharepoint_ok or first is None:
             self.check(f"read profiles{tag}", None, "skipped: no SharePoint token or no user",
                        geo=key)
-        return sharepoint_ok, library_ok, profiles_ok
+        return library_ok, profiles_ok
 
     async def _sharepoint_token(self, mysite_url: str) -> str:
         await asyncio.to_thread(self.credential.get_token, scope_for(mysite_url))
