@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import jwt
 from azure.core.credentials import AccessToken, TokenCredential
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.identity import AzureCliCredential, CertificateCredential, ManagedIdentityCredential
@@ -135,3 +137,28 @@ def scope_for(url: str) -> str:
     """The `.default` scope of the resource that serves `url` (SharePoint hosts, Graph)."""
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}/.default"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a token speaks for: what admin commands and preflight report as "ran as"."""
+
+    kind: str  # "app" or "user"; "unknown" when no token could be had
+    name: str  # the app (client) id, or the user's UPN
+
+    @property
+    def text(self) -> str:
+        return f"{self.kind} {self.name}" if self.kind != "unknown" else f"unknown ({self.name})"
+
+
+def identity_of(token: str) -> Identity:
+    """Who a token speaks for, from its claims (read, not verified: the service verifies it; we
+    only say whose it is). A user token names the user."""
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return Identity("unknown", "the token is not a JWT")
+    user = claims.get("upn") or claims.get("unique_name") or claims.get("preferred_username")
+    if user or claims.get("idtyp") == "user" or claims.get("scp"):
+        return Identity("user", str(user or claims.get("oid", "?")))
+    return Identity("app", str(claims.get("appid") or claims.get("azp") or claims.get("oid", "?")))

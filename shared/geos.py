@@ -164,6 +164,8 @@ class GeoClients:
     """The geos of the tenant and one SharePointProfiles client per geo: "which SharePoint client
     for this user". The default geo's client is the context's own; others open on first use."""
 
+    profiles: type[SharePointProfiles] = SharePointProfiles  # the class each geo's client is
+
     def __init__(self, settings: Settings, credential: CachingCredential, graph: GraphDirectory,
                  state: StateStore, default_client: SharePointProfiles) -> None:
         self._settings = settings
@@ -174,8 +176,9 @@ class GeoClients:
         self._clients: dict[str, SharePointProfiles] = {}
         self._lock = asyncio.Lock()  # concurrent syncs at start: one table read, one discovery
 
-    async def geo_map(self) -> GeoMap:
-        """The tenant's geos: configured, or discovered at most once a day (state table)."""
+    async def geo_map(self, remember: bool = True) -> GeoMap:
+        """The tenant's geos: configured, or discovered at most once a day (state table).
+        `remember=False` (read-only commands) keeps a new discovery out of the state table."""
         if self._settings.sharepoint_geos:
             return configured(self._settings)
         key = self._settings.state_table
@@ -183,11 +186,11 @@ class GeoClients:
             cached = _cache.get(key)
             if cached and time.monotonic() - cached[1] < PROCESS_CACHE_SECONDS:
                 return cached[0]
-            geos = await self._stored_or_discovered()
+            geos = await self._stored_or_discovered(remember)
             _cache[key] = (geos, time.monotonic())
             return geos
 
-    async def _stored_or_discovered(self) -> GeoMap:
+    async def _stored_or_discovered(self, remember: bool = True) -> GeoMap:
         stored = await self._state.get_geos()
         now = datetime.now(timezone.utc)
         if stored is not None and now - stored[1] < DISCOVERY_MAX_AGE:
@@ -203,7 +206,8 @@ class GeoClients:
             else configured(self._settings)
         if geos.multi:
             log.info("SharePoint geo locations: %s", ", ".join(g.key for g in geos.geos))
-        await self._state.save_geos(geos.to_json(), now)
+        if remember:
+            await self._state.save_geos(geos.to_json(), now)
         return geos
 
     def client(self, geo: Geo) -> SharePointProfiles:
@@ -211,7 +215,7 @@ class GeoClients:
         if geo.default:
             return self._default
         if geo.key not in self._clients:
-            self._clients[geo.key] = SharePointProfiles.for_geo(
+            self._clients[geo.key] = self.profiles.for_geo(
                 self._settings, self._credential, geo.key, geo.mysite_url, geo.admin_url)
         return self._clients[geo.key]
 
