@@ -13,38 +13,28 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from azure.functions.queue import QueueMessage
 
-import function_app
 from shared import operations
 from shared.geos import from_root_sites
 from shared.handlers import get_credential, get_settings, reset_process_caches
 from shared.settings import Settings
-from shared.state import StateStore, UserState
+from shared.state import StateStore
 from shared.sync import open_context
 from simulator.azurite import Azurite
 from simulator.core import TenantSimulator, picture_stem
 from simulator.images import PhotoSpec
 from simulator.tenant import GERMAN_FOLDER, Tenant, User, make_multigeo_tenant, make_tenant
 from tests.conftest import serving
+from tests.test_sync import deliver as sync_message
+from tests.test_sync import state_of
 
 RED = PhotoSpec(kind="jpeg", width=400, height=400, color="#ff0000")
 GEOS = ("", "EUR", "APC")
 
 
 def deliver(user_key: str, force: bool = False) -> None:
-    body = json.dumps({"userId": user_key, "reason": "notification", "force": force}).encode()
-    asyncio.run(function_app.sync_photo(QueueMessage(id="m1", body=body, dequeue_count=1)))
-
-
-def state_of(user: User) -> UserState:
-    async def load() -> UserState | None:
-        async with StateStore.from_settings(get_settings()) as store:
-            return await store.get(user.id)
-
-    found = asyncio.run(load())
-    assert found is not None
-    return found
+    """A sync message as a change notification queues it (the geo is checked again)."""
+    sync_message(user_key, force, reason="notification")
 
 
 def three_geo_tenant() -> Tenant:

@@ -16,34 +16,17 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from azure.functions.queue import QueueMessage
 from PIL import Image
 
-import function_app
 from shared.handlers import get_settings, reset_process_caches
 from shared.sharepoint import comparable_url, picture_timestamp, same_file
-from shared.state import StateStore, UserState
 from simulator.azurite import Azurite
 from simulator.core import TenantSimulator
 from simulator.images import PhotoSpec
 from simulator.tenant import Tenant, User
 from simulator.tokens import mint_token
 from tests.conftest import DEMO_TENANT, serving
-
-
-def deliver(user_key: str, force: bool = False) -> None:
-    body = json.dumps({"userId": user_key, "reason": "manual", "force": force}).encode()
-    asyncio.run(function_app.sync_photo(QueueMessage(id="m1", body=body, dequeue_count=1)))
-
-
-def state_of(user: User) -> UserState:
-    async def load() -> UserState | None:
-        async with StateStore.from_settings(get_settings()) as store:
-            return await store.get(user.id)
-
-    found = asyncio.run(load())
-    assert found is not None
-    return found
+from tests.test_sync import deliver, state_of
 
 
 def red_corner(data: bytes) -> bool:

@@ -24,9 +24,10 @@ from tests.test_http_triggers import queued
 pytestmark = pytest.mark.usefixtures("app_env")
 
 
-def deliver(user_key: str, force: bool = False, dequeue_count: int = 1) -> None:
+def deliver(user_key: str, force: bool = False, dequeue_count: int = 1,
+            reason: str = "manual") -> None:
     """Hand one queue message to the queue-triggered function, as the Functions host would."""
-    body = json.dumps({"userId": user_key, "reason": "manual", "force": force}).encode()
+    body = json.dumps({"userId": user_key, "reason": reason, "force": force}).encode()
     asyncio.run(function_app.sync_photo(QueueMessage(id="m1", body=body, dequeue_count=dequeue_count)))
 
 
