@@ -23,6 +23,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from . import counters, operations, reasons, subscriptions
+from . import verify as verify_module
 from .credentials import CachingCredential
 from .graph import GraphError
 from .handlers import get_credential, get_settings, run_reconcile
@@ -120,6 +121,27 @@ def _parser() -> argparse.ArgumentParser:
     reconcile.add_argument("--dry-run", action="store_true", help="count, queue nothing")
     reconcile.add_argument("--json", action="store_true")
     reconcile.set_defaults(run=_reconcile_command)
+
+    verify = commands.add_parser(
+        "verify", help="what people see: each user's SharePoint picture against their Microsoft "
+        "365 photo (read-only)", description="Judges, from SharePoint and Graph, whether each "
+        "user's people card shows their current photo: current, pending, stale, not_linked, "
+        "broken_link, wrong_size, no_photo or error. Exit 1 when any user is stale, broken_link, "
+        "wrong_size or error.")
+    verify.add_argument("--user", action="append", default=[], metavar="UPN|ID",
+                        type=_user_arg, help="verify this user (repeat for more)")
+    verify.add_argument("--sample", type=int, default=verify_module.DEFAULT_SAMPLE, metavar="N",
+                        help="a deterministic sample of N users in scope (default "
+                        f"{verify_module.DEFAULT_SAMPLE})")
+    verify.add_argument("--all", action="store_true", help="every user in scope (prints the "
+                        "estimated duration first)")
+    shape = verify.add_mutually_exclusive_group()
+    shape.add_argument("--output", choices=["table", "csv", "json"], default="table")
+    shape.add_argument("--csv", dest="output", action="store_const", const="csv",
+                       help="CSV for Excel (same as --output csv)")
+    shape.add_argument("--json", dest="output", action="store_const", const="json",
+                       help='one object {"users": [...], "counts": {...}}')
+    verify.set_defaults(run=_verify_command)
 
     subscription = commands.add_parser("subscription", help="the Graph change-notification "
                                        "subscription")
@@ -408,7 +430,8 @@ def _coded(code: str, sentence: str) -> str:
     return f"{code}: {sentence}" if code else sentence
 
 
-_STYLES = {"failed": "red", "updated": "green", "needs_profile_link": "yellow"}
+_STYLES = {"failed": "red", "updated": "green", "needs_profile_link": "yellow",
+           **{state: "red" for state in verify_module.FAILING}}
 
 
 def _styled(outcome: str) -> str:
@@ -445,6 +468,51 @@ async def _subscription_command(args: argparse.Namespace) -> int:
         expires = f", expires {status.expires_at:%Y-%m-%d %H:%M} UTC" if status.expires_at else ""
         Console().print(f"{status.action}: {status.subscription_id or 'no subscription'}{expires}")
     return 0
+
+
+def _user_arg(text: str) -> str:
+    try:
+        return check_user_key(text)
+    except InvalidMessage as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+async def _verify_command(args: argparse.Namespace) -> int:
+    """Verify users; the table, CSV or JSON report; exit 1 when a people card is wrong."""
+    if args.sample < 1:
+        raise InvalidMessage("--sample must be a positive whole number")
+    settings = get_settings()
+    console = Console(stderr=True)
+
+    def announce(total: int) -> None:
+        if args.all:
+            minutes = verify_module.estimate_minutes(settings, total)
+            console.print(f"verifying {total} users in scope: about {max(minutes, 1):.0f} minutes "
+                          f"(SharePoint budget {settings.sharepoint_ru_per_minute} RU/min, "
+                          "4 SharePoint requests per user)")
+        bar.update(task, total=total)
+
+    with Progress(console=console, transient=True,
+                  disable=args.output != "table" or not console.is_terminal) as bar:
+        task = bar.add_task("verifying", total=None)
+        report = await verify_module.run_verify(
+            settings, sample=args.sample, everyone=args.all, users=args.user,
+            credential=get_credential(), on_total=announce,
+            on_verdict=lambda _verdict: bar.advance(task))
+    if args.output == "json":
+        print(json.dumps(report.as_dict()))
+    elif args.output == "csv":
+        sys.stdout.write("\ufeff")
+        writer = csv.DictWriter(sys.stdout, fieldnames=("userId", "upn", "state", "detail"),
+                                lineterminator="\r\n")
+        writer.writeheader()
+        writer.writerows(v.as_dict() for v in report.verdicts)
+    else:
+        _print_lines(("user", "state", "detail"),
+                     [(v.upn or v.user_id, v.state, v.detail) for v in report.verdicts])
+        Console(highlight=False).print(
+            ", ".join(f"{n} {state}" for state, n in report.counts.items() if n) or "no users")
+    return report.exit_code
 
 
 if __name__ == "__main__":

@@ -134,3 +134,13 @@ async def _changed_users(graph: GraphDirectory, seen: SeenIndex, users: list[Dir
 
     chunks = [users[i:i + BATCH_SIZE] for i in range(0, len(users), BATCH_SIZE)]
     return [user for found in await asyncio.gather(*(check(c) for c in chunks)) for user in found]
+
+
+async def users_in_scope(settings: Settings, graph: GraphDirectory) -> AsyncIterator[DirectoryUser]:
+    """Every user a reconciliation looks at (the scope settings, less the exclude groups), one
+    page in memory at a time; a member of two include groups comes once per group."""
+    excluded = await graph.group_member_ids(settings.exclude_groups)
+    async for users, _resume in _pages_in_scope(settings, graph, "", PAGE_SIZE):
+        for user in users:
+            if user.id not in excluded:
+                yield user

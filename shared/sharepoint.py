@@ -229,6 +229,17 @@ class SharePointProfiles:
         response = await self._http.post(url, content=data, headers={"Content-Type": "image/jpeg"})
         _raise_for_status(response, f"uploading {suffix} thumbnail")
 
+    async def download(self, stem: str, suffix: str) -> bytes | None:
+        """The bytes of `{stem}_{suffix}Thumb.jpg` in the photos folder; None when it is missing."""
+        path = f"{await self.folder_path()}/{stem}_{suffix}Thumb.jpg"
+        url = (f"{self.mysite_url}/_api/web/GetFileByServerRelativePath("
+               f"decodedurl={odata_literal(path)})/$value")
+        response = await self._http.get(url)
+        if response.status_code == 404:
+            return None
+        _raise_for_status(response, f"reading the {suffix} thumbnail")
+        return response.content
+
     async def delete(self, stem: str, suffix: str) -> None:
         path = f"{await self.folder_path()}/{stem}_{suffix}Thumb.jpg"
         url = (f"{self.mysite_url}/_api/web/GetFileByServerRelativePath("
