@@ -164,6 +164,11 @@ param sharePointRuPerMinute int = 1250
 @description('Graph photo requests in flight for the whole app (GRAPH_PHOTO_CONCURRENCY); Outlook allows 4 per app.')
 param graphPhotoConcurrency int = 4
 
+@minValue(0)
+@maxValue(5000)
+@description('Users the daily verify checks, a deterministic sample (VERIFY_SAMPLE). 0: no daily verify.')
+param verifySample int = 200
+
 // Graph validates the webhook within 10 s when the subscription is created; on Flex Consumption the
 // HTTP functions scale in their own group ("http"), separately from the timer that creates the
 // subscription, so a cold HTTP group may miss the handshake. One always-ready instance keeps it warm
@@ -333,6 +338,7 @@ module api './app/api.bicep' = {
     httpAlwaysReady: httpAlwaysReady
     sharePointRuPerMinute: sharePointRuPerMinute
     graphPhotoConcurrency: graphPhotoConcurrency
+    verifySample: verifySample
     syncQueueName: syncQueueName
     stateTableName: stateTableName
     graphBaseUrl: graphBaseUrl

@@ -332,6 +332,16 @@ def _print_summary(summary: dict[str, object], as_json: bool) -> None:
     queues = summary["queues"]
     assert isinstance(queues, dict)
     console.print("queues: " + ", ".join(f"{name} {depth}" for name, depth in queues.items()))
+    waiting = summary.get("waiting")
+    if isinstance(waiting, dict) and waiting.get("users"):
+        oldest = f", the oldest since {waiting['oldestSince']}" if waiting.get("oldestSince") else ""
+        console.print(f"waiting for a profile link: {waiting['users']} users{oldest} "
+                      "(`python -m shared link-profiles` links them)")
+    verified = summary.get("verify")
+    if isinstance(verified, dict):
+        found = ", ".join(f"{n} {state}" for state, n in verified["counts"].items() if n)
+        console.print(f"daily verify ({verified['at']}, {verified['sampled']} users): "
+                      f"{found or 'nobody'}")
 
 
 async def _link_command(args: argparse.Namespace) -> int:

@@ -29,7 +29,7 @@ from .notifications import (
     parse_notifications,
     validation_token,
 )
-from .operations import health_figures, tenant_summary
+from .operations import health_figures, tenant_summary, verify_figures
 from .pacing import Throttled
 from .queue import (
     InvalidMessage,
@@ -45,6 +45,7 @@ from .sharepoint import SharePointProfiles
 from .state import StateStore
 from .subscriptions import SubscriptionStatus, ensure_subscription, reauthorize
 from .sync import SyncContext, SyncResult, UserBusy, open_context, sync_user
+from .verify import run_verify
 
 log = logging.getLogger("photo_sync")
 
@@ -436,6 +437,23 @@ async def handle_timer() -> dict[str, Any]:
     finally:
         await log_health(settings)
     return {"subscription": subscription.as_dict(), "reconcile": report.as_dict()}
+
+
+async def handle_verify_timer() -> dict[str, Any]:
+    """The daily verify: a sample of VERIFY_SAMPLE users judged from what SharePoint shows; its
+    counts go into the state table (status, /api/health, the health record) and its own record,
+    which the alert reads."""
+    settings = get_settings()
+    if not settings.verify_sample:
+        return {"skipped": "VERIFY_SAMPLE is 0"}
+    report = await run_verify(settings, sample=settings.verify_sample,
+                              credential=get_credential())
+    async with StateStore.from_settings(settings) as store:
+        record = await store.record_verify(len(report.verdicts), report.counts)
+    figures = {**verify_figures(record, record.finished_at), "seconds": round(report.seconds, 1),
+               "requests_per_user": round(report.requests_per_user(), 2)}
+    telemetry.log_verify(figures)
+    return figures
 
 
 async def log_health(settings: Settings) -> None:

@@ -13,6 +13,7 @@ import csv
 import io
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
@@ -28,9 +29,12 @@ from .queue import (
 )
 from .settings import Settings
 from .sharepoint import ProfileWriteRefused, SharePointError, SharePointProfiles, new_stem
-from .state import StateStore, UserState, table_client, utc_now
+from .state import StateStore, UserState, VerifyRecord, table_client, utc_now
 
 NEEDS_LINK = "needs_profile_link"
+# shared/verify.py's states (that module sits above this one): the health record's verify_* fields
+VERIFY_STATES = ("current", "pending", "stale", "not_linked", "broken_link", "wrong_size",
+                 "no_photo", "error")
 
 
 async def queue_depth(settings: Settings, name: str) -> int:
@@ -56,7 +60,10 @@ async def tenant_summary(settings: Settings) -> dict[str, Any]:
     async with StateStore.from_settings(settings) as store:
         cursor = await store.get_cursor()
         subscription = await store.get_subscription()
+        verified = await store.get_verify()
+        oldest_wait = await store.get_waiting()
         table_exists = not store.table_missing  # reads never create it (Table Data Reader suffices)
+    waiting = counts.outcomes.get(NEEDS_LINK, 0)
     queues = await asyncio.gather(*(queue_depth(settings, name) for name in _queue_names(settings)))
     return {
         "users": counts.users,
@@ -69,6 +76,10 @@ async def tenant_summary(settings: Settings) -> dict[str, Any]:
                          "expiresAt": subscription.expires_at.isoformat()} if subscription else None,
         "queues": dict(zip(_queue_names(settings), queues, strict=True)),
         "stateTableExists": table_exists,
+        # users waiting for a profile link; the oldest wait as the timer last found it
+        "waiting": {"users": waiting, "oldestSince": oldest_wait.isoformat(timespec="seconds")
+                    if waiting and oldest_wait else None},
+        "verify": verified.as_dict() if verified else None,  # the daily sampled verify
     }
 
 
@@ -78,14 +89,21 @@ def _queue_names(settings: Settings) -> tuple[str, ...]:
 
 
 async def health_figures(settings: Settings) -> dict[str, Any]:
-    """The figures of the timer's "photo-sync health" record (alert rules read them)."""
+    """The figures of the timer's "photo-sync health" record (alert rules read them). Finds the
+    oldest wait for a profile link (a scan of the waiting users, only when someone waits) and
+    remembers it for status and /api/health."""
     now = utc_now()
+    counts = await outcome_counts(settings)
+    waiting = counts.outcomes.get(NEEDS_LINK, 0)
     async with StateStore.from_settings(settings) as store:
         cursor = await store.get_cursor()
         subscription = await store.get_subscription()
+        verified = await store.get_verify()
+        oldest_wait = await store.oldest_waiting() if waiting else None
+        if waiting or await store.get_waiting():
+            await store.save_waiting(oldest_wait)
     poison = await asyncio.gather(queue_depth(settings, settings.poison_queue_name),
                                   queue_depth(settings, f"{settings.queue_name}-control-poison"))
-    counts = await outcome_counts(settings)
     completed = cursor.last_completed_at
     return {
         "poison_messages": sum(poison),
@@ -97,9 +115,25 @@ async def health_figures(settings: Settings) -> dict[str, Any]:
         if completed else -1.0,
         "users": counts.users,
         "failed_users": counts.outcomes.get("failed", 0),
-        "needs_profile_link_users": counts.outcomes.get(NEEDS_LINK, 0),
+        "needs_profile_link_users": waiting,
+        "oldest_waiting_since": oldest_wait.isoformat(timespec="seconds") if oldest_wait else "",
+        "oldest_waiting_hours": _hours(now, oldest_wait),
         "counters_ready": counts.ready,
+        **verify_figures(verified, now),
     }
+
+
+def _hours(now: datetime, since: datetime | None) -> float:
+    return round((now - since).total_seconds() / 3600, 2) if since else -1.0
+
+
+def verify_figures(verified: VerifyRecord | None, now: datetime) -> dict[str, Any]:
+    """The daily verify's last counts, as health record fields (-1 hours: never ran)."""
+    counts = verified.counts if verified else {}
+    return {"hours_since_verify": _hours(now, verified.finished_at if verified else None),
+            "verify_sampled": verified.sampled if verified else 0,
+            "verify_bad_runs_in_a_row": verified.bad_runs_in_a_row if verified else 0,
+            **{f"verify_{state}": counts.get(state, 0) for state in VERIFY_STATES}}
 
 
 async def replay_poison(settings: Settings, *, control: bool = False, dry_run: bool = False) -> int:
@@ -273,7 +307,7 @@ async def link_profiles(settings: Settings, admin_credential: CachingCredential,
                 continue
             state.outcome, state.reason = "updated", reasons.LINKED_BY_ADMIN.sentence
             state.reason_code = reasons.LINKED_BY_ADMIN.code
-            state.picture_stem, state.profile_linked = stem, True
+            state.picture_stem, state.profile_linked, state.waiting_since = stem, True, None
             await store.save(state)
             yield LinkResult(state.user_id, state.upn, True, state.reason, state.reason_code)
     finally:

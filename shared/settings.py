@@ -23,6 +23,7 @@ DEFAULT_RECONCILE_SCHEDULE = "0 0 */6 * * *"
 DEFAULT_SHAREPOINT_RU_PER_MINUTE = 1250
 # Outlook serves Graph photos: "up to 4 concurrent requests" per app (Graph throttling-limits page).
 DEFAULT_GRAPH_PHOTO_CONCURRENCY = 4
+DEFAULT_VERIFY_SAMPLE = 200  # users the daily verify looks at (shared/verify.py)
 
 # Azure Storage queue names: 3-63 chars, lowercase letters, digits and single hyphens.
 _QUEUE_NAME = re.compile(r"^(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*$")
@@ -81,6 +82,7 @@ class Settings:
     sharepoint_ru_per_minute: int = DEFAULT_SHAREPOINT_RU_PER_MINUTE
     max_instances: int = 1
     graph_photo_concurrency: int = DEFAULT_GRAPH_PHOTO_CONCURRENCY
+    verify_sample: int = DEFAULT_VERIFY_SAMPLE  # users the daily verify checks; 0: no daily verify
 
     @property
     def poison_queue_name(self) -> str:
@@ -190,6 +192,7 @@ class Settings:
             max_instances=reader.positive_int("PHOTO_SYNC_MAX_INSTANCES", 1),
             graph_photo_concurrency=reader.positive_int("GRAPH_PHOTO_CONCURRENCY",
                                                         DEFAULT_GRAPH_PHOTO_CONCURRENCY),
+            verify_sample=reader.count("VERIFY_SAMPLE", DEFAULT_VERIFY_SAMPLE),
         )
         if reader.problems:
             raise SettingsError(reader.problems)
@@ -257,6 +260,16 @@ class _Reader:
             self.problem(name, f"{raw!r} is not a positive whole number")
             return default
         return value
+
+    def count(self, name: str, default: int) -> int:
+        """A whole number, 0 or more (0 turns something off)."""
+        raw = (self.env.get(name) or "").strip()
+        if not raw:
+            return default
+        if not raw.isdigit():
+            self.problem(name, f"{raw!r} is not a whole number (0 turns it off)")
+            return default
+        return int(raw)
 
     def flag(self, name: str, default: bool) -> bool:
         raw = (self.env.get(name) or "").strip().lower()

@@ -29,7 +29,7 @@ from .sharepoint import (
     SharePointProfiles,
     new_stem,
 )
-from .state import StateStore, UserState
+from .state import StateStore, UserState, utc_now
 from .thumbnails import ImageRejected, Thumbnails, make_thumbnails, placeholder_thumbnails
 
 log = logging.getLogger("photo_sync.sync")
@@ -113,8 +113,19 @@ async def _sync_and_record(context: SyncContext, user: DirectoryUser, request: S
         if result.outcome is not Outcome.UNCHANGED:
             state.outcome, state.reason = result.outcome.value, result.reason
             state.reason_code = result.code
+            note_waiting(state)
         await context.state.save(state)
     return result
+
+
+def note_waiting(state: UserState) -> None:
+    """Since when the user waits for a profile link: set when they first become
+    needs_profile_link, kept while they stay so (an unchanged photo keeps the outcome), cleared
+    by any other outcome (linked, removed, out of scope)."""
+    if state.outcome == Outcome.NEEDS_PROFILE_LINK.value:
+        state.waiting_since = state.waiting_since or utc_now()
+    else:
+        state.waiting_since = None
 
 
 async def _sync(context: SyncContext, user: DirectoryUser, state: UserState, force: bool,

@@ -28,6 +28,7 @@ from azure.core.exceptions import AzureError
 from . import telemetry
 from .credentials import CachingCredential
 from .graph import BATCH_SIZE, DirectoryUser, GraphError
+from .operations import VERIFY_STATES
 from .pacing import RU_PER_REQUEST
 from .queue import InvalidMessage, check_user_key
 from .reconcile import users_in_scope
@@ -40,7 +41,7 @@ from .thumbnails import ImageRejected, difference, make_thumbnails, placeholder_
 
 CURRENT, PENDING, STALE, NOT_LINKED = "current", "pending", "stale", "not_linked"
 BROKEN_LINK, WRONG_SIZE, NO_PHOTO, ERROR = "broken_link", "wrong_size", "no_photo", "error"
-STATES = (CURRENT, PENDING, STALE, NOT_LINKED, BROKEN_LINK, WRONG_SIZE, NO_PHOTO, ERROR)
+STATES = VERIFY_STATES  # in this order: (CURRENT, PENDING, STALE, NOT_LINKED, BROKEN_LINK, ...)
 FAILING = (STALE, BROKEN_LINK, WRONG_SIZE, ERROR)  # any of these: exit status 1
 DEFAULT_SAMPLE = 200
 CONCURRENCY = 8

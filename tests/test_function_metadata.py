@@ -26,7 +26,7 @@ def trigger(name: str) -> dict[str, Any]:
 
 def test_every_function_is_declared() -> None:
     assert set(bindings()) == {"sync_photo", "sync_now", "health", "graph_webhook",
-                               "graph_lifecycle", "control", "reconcile"}
+                               "graph_lifecycle", "control", "reconcile", "verify"}
 
 
 def test_queue_triggers_read_the_queue_named_by_settings() -> None:
@@ -51,6 +51,14 @@ def test_timer_reads_its_schedule_from_settings_and_never_runs_on_startup() -> N
     timer = trigger("reconcile")
     assert timer["type"] == "timerTrigger"
     assert timer["schedule"] == "%RECONCILE_SCHEDULE%"
+    assert not timer.get("runOnStartup")
+
+
+def test_the_verify_timer_runs_daily_and_never_on_startup() -> None:
+    timer = trigger("verify")
+    assert timer["type"] == "timerTrigger"
+    seconds, minutes, hours, *every_day = timer["schedule"].split()
+    assert every_day == ["*", "*", "*"] and hours.isdigit() and minutes.isdigit()
     assert not timer.get("runOnStartup")
 
 

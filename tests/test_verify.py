@@ -191,3 +191,37 @@ def test_the_admin_endpoint_command_returns_the_json_report(sim: TenantSimulator
     assert [u["state"] for u in body["users"]] == ["current"] and body["exitCode"] == 0
     with pytest.raises(ValueError, match="unknown option"):
         asyncio.run(verify.verify_command(get_settings(), {"everyone": True}))
+
+
+def test_the_daily_verify_feeds_status_health_and_the_two_runs_in_a_row_alert(
+        sim: TenantSimulator, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    from shared import handlers, operations
+
+    sync_everyone()
+    record_reconcile(days_ago=0.1)
+    overwrite(sim, user(sim, "alex"), "M", "#000000", 72)
+    caplog.set_level("INFO", logger="photo_sync.telemetry")
+    first = asyncio.run(handlers.handle_verify_timer())
+    second = asyncio.run(handlers.handle_verify_timer())
+    assert (first["verify_stale"], first["verify_bad_runs_in_a_row"]) == (1, 1)
+    assert (second["verify_stale"], second["verify_bad_runs_in_a_row"]) == (1, 2)
+    records = [r for r in caplog.records if r.getMessage() == "photo-sync verify"]
+    assert [r.__dict__["verify_bad_runs_in_a_row"] for r in records] == [1, 2]  # the alert's field
+    summary = asyncio.run(operations.tenant_summary(get_settings()))
+    assert summary["verify"]["counts"]["stale"] == 1 and summary["verify"]["badRunsInARow"] == 2
+    assert summary["verify"]["sampled"] == len([u for u in sim.users() if u.accountEnabled])
+    health = asyncio.run(operations.health_figures(get_settings()))
+    assert (health["verify_stale"], health["verify_bad_runs_in_a_row"]) == (1, 2)
+    assert health["hours_since_verify"] >= 0
+    status = cli("status")
+    assert "daily verify" in status.stdout and "1 stale" in status.stdout
+
+    assert main(["sync", upn(sim, "alex"), "--force"]) == 0  # repaired: the streak ends
+    assert asyncio.run(handlers.handle_verify_timer())["verify_bad_runs_in_a_row"] == 0
+
+    monkeypatch.setenv("VERIFY_SAMPLE", "0")
+    handlers.reset_process_caches()
+    sim.reset_counters()
+    assert asyncio.run(handlers.handle_verify_timer()) == {"skipped": "VERIFY_SAMPLE is 0"}
+    assert not any(sim.requests[host] for host in ("mysite", "admin"))

@@ -16,6 +16,7 @@ param maximumInstanceCount int = 4
 param httpAlwaysReady int = 1
 param sharePointRuPerMinute int = 1250
 param graphPhotoConcurrency int = 4
+param verifySample int = 200
 param organisation string = ''
 param thumbnailNaming string = 'object-id'
 
@@ -133,6 +134,7 @@ var appSettings = {
   PHOTO_SYNC_MAX_INSTANCES: string(maximumInstanceCount)
   SHAREPOINT_RU_PER_MINUTE: string(sharePointRuPerMinute)
   GRAPH_PHOTO_CONCURRENCY: string(graphPhotoConcurrency)
+  VERIFY_SAMPLE: string(verifySample)
   SYNC_INCLUDE_GROUPS: includeGroups
   SYNC_EXCLUDE_GROUPS: excludeGroups
 }
