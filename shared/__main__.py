@@ -359,9 +359,10 @@ async def _link_command(args: argparse.Namespace) -> int:
     results = []
     console = Console(stderr=True)
     with Progress(console=console, transient=True, disable=args.json) as bar:
-        task = bar.add_task("linking profiles", total=len(users) if users is not None else None)
-        async for result in operations.link_profiles(settings, credential, dry_run=args.dry_run,
-                                                     users=users):
+        task = bar.add_task("linking profiles", total=None)
+        async for result in operations.link_profiles(
+                settings, credential, dry_run=args.dry_run, users=users,
+                on_total=lambda total: bar.update(task, total=total)):
             results.append(result)
             bar.advance(task)
     if args.json:
@@ -373,7 +374,19 @@ async def _link_command(args: argparse.Namespace) -> int:
             table.add_row(result.upn or result.user_id, "yes" if result.linked else "no",
                           result.reason)
         Console().print(table if results else "No profile needs linking.")
+    console.print(_link_summary(results, args.dry_run))
     return 1 if any(not r.linked for r in results) and not args.dry_run else 0
+
+
+def _link_summary(results: list[operations.LinkResult], dry_run: bool) -> str:
+    """One line an administrator can forward: how many were linked and what is left."""
+    if dry_run:
+        would = sum(r.code == reasons.DRY_RUN.code for r in results)
+        return f"dry run: would link {would} of {len(results)} user(s); nothing was written"
+    linked = sum(r.linked for r in results)
+    left = len(results) - linked
+    return (f"linked {linked} of {len(results)} user(s)"
+            + (f"; {left} not linked (see the reasons above; run again to retry)" if left else ""))
 
 
 def _read_user_list(path: str) -> list[str]:

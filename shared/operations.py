@@ -269,10 +269,12 @@ async def _listed(store: StateStore, users: Sequence[str],
 
 
 async def link_profiles(settings: Settings, admin_credential: CachingCredential, *,
-                        dry_run: bool = False,
-                        users: Sequence[str] | None = None) -> AsyncIterator[LinkResult]:
+                        dry_run: bool = False, users: Sequence[str] | None = None,
+                        on_total: Callable[[int], None] | None = None
+                        ) -> AsyncIterator[LinkResult]:
     """Link each `needs_profile_link` user's profile to their M thumbnail, as an administrator;
-    only the listed `users` (ids or UPNs, e.g. from a CSV export) when given.
+    only the listed `users` (ids or UPNs, e.g. from a CSV export) when given. `on_total` hears
+    how many results will come, before the first (a progress bar).
 
     Each success is recorded at once (outcome `updated`), so a second run continues with the rest.
     """
@@ -284,6 +286,8 @@ async def link_profiles(settings: Settings, admin_credential: CachingCredential,
             pending = [state async for state in users_needing_link(store)]
         else:
             pending = await _listed(store, users, skipped)
+        if on_total:
+            on_total(len(skipped) + len(pending))
         for result in skipped:
             yield result
         for state in pending:
