@@ -504,6 +504,8 @@ async def _verify_command(args: argparse.Namespace) -> int:
     """Verify users; the table, CSV or JSON report; exit 1 when a people card is wrong."""
     if args.sample < 1:
         raise InvalidMessage("--sample must be a positive whole number")
+    if args.all and args.user:
+        raise InvalidMessage("give --user or --all, not both")
     settings = get_settings()
     console = Console(stderr=True)
 

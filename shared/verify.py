@@ -45,6 +45,7 @@ STATES = VERIFY_STATES  # in this order: (CURRENT, PENDING, STALE, NOT_LINKED, B
 FAILING = (STALE, BROKEN_LINK, WRONG_SIZE, ERROR)  # any of these: exit status 1
 DEFAULT_SAMPLE = 200
 CONCURRENCY = 8
+CHUNK = 500  # users of `--all` in memory at a time (their photos, thumbnails and verdicts)
 # Mean absolute difference per channel (0-255) under which two thumbnails show the same picture.
 # Re-encodings of one picture differ by 0-3 (JPEG quality, resampler); different photos by tens.
 SAME_PICTURE_TOLERANCE = 8.0
@@ -190,16 +191,27 @@ async def run_verify(settings: Settings, *, sample: int = DEFAULT_SAMPLE, everyo
 
     `on_total` hears the number of users about to be verified (before any is, so `--all` can
     print its estimate), `on_verdict` each verdict as it comes (a progress bar)."""
+    if everyone and users:
+        raise InvalidMessage("verify the listed users or everyone (all), not both")
     started = time.monotonic()
     report = VerifyReport(scope="users" if users else "all" if everyone else "sample")
     with telemetry.counting() as counts:
         async with open_context(settings, credential) as context:
-            chosen = await _choose(context, report, sample, everyone, users)
-            if on_total:
-                on_total(len(chosen))
             cursor = await context.state.get_cursor()
             reconciliation = _Pass(cursor.last_completed_at, reconcile_interval(settings))
-            report.verdicts = await _verify_all(context, chosen, reconciliation, on_verdict)
+            if everyone:  # counted first, for the estimate; then verified a chunk at a time
+                report.in_scope = len(await _ids_in_scope(context))
+                if on_total:
+                    on_total(report.in_scope)
+                async for chunk in _chunks(_distinct(users_in_scope(settings, context.graph))):
+                    report.verdicts += await _verify_all(context, chunk, reconciliation,
+                                                         on_verdict)
+            else:
+                chosen = await _choose(context, report, sample, users)
+                if on_total:
+                    on_total(len(chosen))
+                report.verdicts = await _verify_all(context, chosen, reconciliation, on_verdict,
+                                                    listed=bool(users))
     report.graph_requests, report.sharepoint_requests = counts.graph, counts.sharepoint
     report.seconds = time.monotonic() - started
     return report
@@ -225,10 +237,10 @@ async def verify_command(settings: Settings, options: dict[str, Any]) -> dict[st
     return {**report.as_dict(), "exitCode": report.exit_code}
 
 
-async def _choose(context: SyncContext, report: VerifyReport, sample: int, everyone: bool,
+async def _choose(context: SyncContext, report: VerifyReport, sample: int,
                   users: Sequence[str]) -> list[DirectoryUser | str]:
-    """The users to verify: looked up (a key Graph does not know stays a string: `error`), or
-    drawn from everyone in scope."""
+    """The listed users, looked up (a key Graph does not know stays a string: `error`), or the
+    sample drawn from everyone in scope."""
     if users:
         found: list[DirectoryUser | str] = []
         for key in dict.fromkeys(users):
@@ -236,17 +248,39 @@ async def _choose(context: SyncContext, report: VerifyReport, sample: int, every
             found.append(user or key)
         report.in_scope = len(found)
         return found
-    in_scope = users_in_scope(context.settings, context.graph)
-    if everyone:
-        chosen = list({u.id: u async for u in in_scope}.values())
-        report.in_scope = len(chosen)
-        return list(chosen)
-    drawn, report.in_scope = await smallest(in_scope, sample)
+    drawn, report.in_scope = await smallest(users_in_scope(context.settings, context.graph),
+                                            sample)
     return list(drawn)
 
 
+async def _ids_in_scope(context: SyncContext) -> set[str]:
+    return {u.id async for u in users_in_scope(context.settings, context.graph)}
+
+
+async def _distinct(users: AsyncIterator[DirectoryUser]) -> AsyncIterator[DirectoryUser]:
+    """Each user once (a member of two include groups is listed twice)."""
+    seen: set[str] = set()
+    async for user in users:
+        if user.id not in seen:
+            seen.add(user.id)
+            yield user
+
+
+async def _chunks(users: AsyncIterator[DirectoryUser],
+                  size: int = CHUNK) -> AsyncIterator[list[DirectoryUser | str]]:
+    chunk: list[DirectoryUser | str] = []
+    async for user in users:
+        chunk.append(user)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 async def _verify_all(context: SyncContext, chosen: list[DirectoryUser | str], reconciliation: _Pass,
-                      on_verdict: Callable[[Verdict], None] | None) -> list[Verdict]:
+                      on_verdict: Callable[[Verdict], None] | None,
+                      listed: bool = False) -> list[Verdict]:
     """Photo etags 20 at a time ($batch, as the reconciliation reads them), then each user."""
     gate = asyncio.Semaphore(CONCURRENCY)
     known = [u for u in chosen if isinstance(u, DirectoryUser)]
@@ -263,7 +297,7 @@ async def _verify_all(context: SyncContext, chosen: list[DirectoryUser | str], r
             if isinstance(user, str):
                 verdict = Verdict(user, "", ERROR, "no such user in the directory")
             else:
-                verdict = await verify_user(context, user, etags, reconciliation)
+                verdict = await verify_user(context, user, etags, reconciliation, listed)
         if on_verdict:
             on_verdict(verdict)
         return verdict
@@ -272,13 +306,14 @@ async def _verify_all(context: SyncContext, chosen: list[DirectoryUser | str], r
 
 
 async def verify_user(context: SyncContext, user: DirectoryUser, etags: dict[str, str | None],
-                      reconciliation: _Pass) -> Verdict:
-    """One user's verdict; a read that fails makes it `error`, saying what and which permission."""
+                      reconciliation: _Pass, listed: bool = False) -> Verdict:
+    """One user's verdict; a read that fails makes it `error`, saying what and which permission.
+    A `listed` user may be outside photo-sync's scope: a wrong picture then says so."""
     try:
         state, detail = await _judge(context, user, etags, reconciliation)
     except _Unreadable as unreadable:
         state, detail = ERROR, str(unreadable)
-    if state != CURRENT and state != NO_PHOTO:
+    if listed and state not in (CURRENT, NO_PHOTO):
         detail += await _scope_note(context, user)
     return Verdict(user.id, user.upn, state, detail)
 
