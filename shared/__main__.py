@@ -357,12 +357,17 @@ async def _link_command(args: argparse.Namespace) -> int:
             client_id=args.client_id, tenant_id=settings.tenant_id or "organizations"))
     users = _read_user_list(args.from_csv) if args.from_csv else None
     results = []
+    waiting: list[int] = []
     console = Console(stderr=True)
+
+    def start(pending: int, skipped: int) -> None:
+        waiting.append(pending)
+        bar.update(task, total=pending + skipped)
+
     with Progress(console=console, transient=True, disable=args.json) as bar:
         task = bar.add_task("linking profiles", total=None)
-        async for result in operations.link_profiles(
-                settings, credential, dry_run=args.dry_run, users=users,
-                on_total=lambda total: bar.update(task, total=total)):
+        async for result in operations.link_profiles(settings, credential, dry_run=args.dry_run,
+                                                     users=users, on_start=start):
             results.append(result)
             bar.advance(task)
     if args.json:
@@ -374,19 +379,21 @@ async def _link_command(args: argparse.Namespace) -> int:
             table.add_row(result.upn or result.user_id, "yes" if result.linked else "no",
                           result.reason)
         Console().print(table if results else "No profile needs linking.")
-    console.print(_link_summary(results, args.dry_run))
+    console.print(_link_summary(results, sum(waiting), args.dry_run))
     return 1 if any(not r.linked for r in results) and not args.dry_run else 0
 
 
-def _link_summary(results: list[operations.LinkResult], dry_run: bool) -> str:
+def _link_summary(results: list[operations.LinkResult], waiting: int, dry_run: bool) -> str:
     """One line an administrator can forward: how many were linked and what is left."""
+    listed = len(results) - waiting  # listed in --from but not waiting for a link
+    others = f"; {listed} listed user(s) not waiting (reasons above)" if listed else ""
     if dry_run:
-        would = sum(r.code == reasons.DRY_RUN.code for r in results)
-        return f"dry run: would link {would} of {len(results)} user(s); nothing was written"
+        return f"dry run: would link {waiting} user(s){others}; nothing was written"
     linked = sum(r.linked for r in results)
-    left = len(results) - linked
-    return (f"linked {linked} of {len(results)} user(s)"
-            + (f"; {left} not linked (see the reasons above; run again to retry)" if left else ""))
+    left = waiting - linked
+    return (f"linked {linked} of {waiting} waiting user(s)"
+            + (f"; {left} not linked (reasons above; run again to retry)" if left else "")
+            + others)
 
 
 def _read_user_list(path: str) -> list[str]:

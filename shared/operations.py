@@ -270,11 +270,12 @@ async def _listed(store: StateStore, users: Sequence[str],
 
 async def link_profiles(settings: Settings, admin_credential: CachingCredential, *,
                         dry_run: bool = False, users: Sequence[str] | None = None,
-                        on_total: Callable[[int], None] | None = None
+                        on_start: Callable[[int, int], None] | None = None
                         ) -> AsyncIterator[LinkResult]:
     """Link each `needs_profile_link` user's profile to their M thumbnail, as an administrator;
-    only the listed `users` (ids or UPNs, e.g. from a CSV export) when given. `on_total` hears
-    how many results will come, before the first (a progress bar).
+    only the listed `users` (ids or UPNs, e.g. from a CSV export) when given. `on_start` hears,
+    before the first result, how many users wait to be linked and how many listed users are
+    reported without being linked (a progress bar, a summary).
 
     Each success is recorded at once (outcome `updated`), so a second run continues with the rest.
     """
@@ -286,8 +287,8 @@ async def link_profiles(settings: Settings, admin_credential: CachingCredential,
             pending = [state async for state in users_needing_link(store)]
         else:
             pending = await _listed(store, users, skipped)
-        if on_total:
-            on_total(len(skipped) + len(pending))
+        if on_start:
+            on_start(len(pending), len(skipped))
         for result in skipped:
             yield result
         for state in pending:

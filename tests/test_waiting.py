@@ -55,7 +55,7 @@ def test_the_health_record_carries_the_waiting_users_and_the_oldest_wait(
 
     done = admin_cli("link-profiles", "--sign-in", "azure-cli")
     assert done.returncode == 0, done.stderr
-    assert f"linked {len(three_unlinked)} of {len(three_unlinked)} user(s)" in done.stderr
+    assert f"linked {len(three_unlinked)} of {len(three_unlinked)} waiting user(s)" in done.stderr
     assert all(state_of(u).waiting_since is None for u in three_unlinked)
     health = asyncio.run(operations.health_figures(get_settings()))
     assert (health["needs_profile_link_users"], health["oldest_waiting_hours"]) == (0, -1.0)
@@ -66,5 +66,5 @@ def test_link_profiles_dry_run_says_what_it_would_do(sim: TenantSimulator,
                                                      three_unlinked: list) -> None:
     dry = admin_cli("link-profiles", "--sign-in", "azure-cli", "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert f"would link {len(three_unlinked)} of {len(three_unlinked)} user(s)" in dry.stderr
+    assert f"dry run: would link {len(three_unlinked)} user(s); nothing" in dry.stderr
     assert all(state_of(u).waiting_since is not None for u in three_unlinked)
