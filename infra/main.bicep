@@ -169,6 +169,18 @@ param graphPhotoConcurrency int = 4
 @description('Users the daily verify checks, a deterministic sample (VERIFY_SAMPLE). 0: no daily verify.')
 param verifySample int = 200
 
+@allowed([
+  'auto'
+  'off'
+])
+@description('Whether the app tries app-only profile writes (PROFILE_WRITES): auto learns the tenant\'s answer once; off never tries (docs/permissions.md).')
+param profileWrites string = 'auto'
+
+@minValue(1)
+@maxValue(720)
+@description('Hours between two profile-write probes while SharePoint refuses them (PROFILE_WRITE_PROBE_HOURS).')
+param profileWriteProbeHours int = 24
+
 // Graph validates the webhook within 10 s when the subscription is created; on Flex Consumption the
 // HTTP functions scale in their own group ("http"), separately from the timer that creates the
 // subscription, so a cold HTTP group may miss the handshake. One always-ready instance keeps it warm
@@ -339,6 +351,8 @@ module api './app/api.bicep' = {
     sharePointRuPerMinute: sharePointRuPerMinute
     graphPhotoConcurrency: graphPhotoConcurrency
     verifySample: verifySample
+    profileWrites: profileWrites
+    profileWriteProbeHours: profileWriteProbeHours
     syncQueueName: syncQueueName
     stateTableName: stateTableName
     graphBaseUrl: graphBaseUrl

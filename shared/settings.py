@@ -24,6 +24,8 @@ DEFAULT_SHAREPOINT_RU_PER_MINUTE = 1250
 # Outlook serves Graph photos: "up to 4 concurrent requests" per app (Graph throttling-limits page).
 DEFAULT_GRAPH_PHOTO_CONCURRENCY = 4
 DEFAULT_VERIFY_SAMPLE = 200  # users the daily verify looks at (shared/verify.py)
+PROFILE_WRITE_MODES = ("auto", "off")  # PROFILE_WRITES (shared/profile_writes.py)
+DEFAULT_PROFILE_WRITE_PROBE_HOURS = 24
 
 # Azure Storage queue names: 3-63 chars, lowercase letters, digits and single hyphens.
 _QUEUE_NAME = re.compile(r"^(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*$")
@@ -83,6 +85,8 @@ class Settings:
     max_instances: int = 1
     graph_photo_concurrency: int = DEFAULT_GRAPH_PHOTO_CONCURRENCY
     verify_sample: int = DEFAULT_VERIFY_SAMPLE  # users the daily verify checks; 0: no daily verify
+    profile_writes: str = "auto"  # PROFILE_WRITE_MODES: "off" never tries a profile write
+    profile_write_probe_hours: int = DEFAULT_PROFILE_WRITE_PROBE_HOURS  # while refused
 
     @property
     def poison_queue_name(self) -> str:
@@ -148,6 +152,10 @@ class Settings:
         if naming not in THUMBNAIL_NAMINGS:
             reader.problem("SHAREPOINT_THUMBNAIL_NAMING", f"{naming!r} is not one of "
                            f"{', '.join(THUMBNAIL_NAMINGS)}")
+        profile_writes = reader.text("PROFILE_WRITES", "auto").lower()
+        if profile_writes not in PROFILE_WRITE_MODES:
+            reader.problem("PROFILE_WRITES", f"{profile_writes!r} is not one of "
+                           f"{', '.join(PROFILE_WRITE_MODES)}")
         organisation = reader.text("PHOTO_SYNC_ORGANISATION", _tenant_name(mysite_url or ""))
         if not _ORGANISATION.match(organisation):
             reader.problem("PHOTO_SYNC_ORGANISATION", f"{organisation!r} must be 1-64 letters, digits, "
@@ -193,6 +201,9 @@ class Settings:
             graph_photo_concurrency=reader.positive_int("GRAPH_PHOTO_CONCURRENCY",
                                                         DEFAULT_GRAPH_PHOTO_CONCURRENCY),
             verify_sample=reader.count("VERIFY_SAMPLE", DEFAULT_VERIFY_SAMPLE),
+            profile_writes=profile_writes,
+            profile_write_probe_hours=reader.positive_int("PROFILE_WRITE_PROBE_HOURS",
+                                                          DEFAULT_PROFILE_WRITE_PROBE_HOURS),
         )
         if reader.problems:
             raise SettingsError(reader.problems)

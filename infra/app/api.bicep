@@ -17,6 +17,8 @@ param httpAlwaysReady int = 1
 param sharePointRuPerMinute int = 1250
 param graphPhotoConcurrency int = 4
 param verifySample int = 200
+param profileWrites string = 'auto'
+param profileWriteProbeHours int = 24
 param organisation string = ''
 param thumbnailNaming string = 'object-id'
 
@@ -135,6 +137,8 @@ var appSettings = {
   SHAREPOINT_RU_PER_MINUTE: string(sharePointRuPerMinute)
   GRAPH_PHOTO_CONCURRENCY: string(graphPhotoConcurrency)
   VERIFY_SAMPLE: string(verifySample)
+  PROFILE_WRITES: profileWrites
+  PROFILE_WRITE_PROBE_HOURS: string(profileWriteProbeHours)
   SYNC_INCLUDE_GROUPS: includeGroups
   SYNC_EXCLUDE_GROUPS: excludeGroups
 }
