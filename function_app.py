@@ -7,11 +7,14 @@ import logging
 
 import azure.functions as func
 
-from shared import handlers, telemetry
+from shared import admin, handlers, telemetry
 
 # Log records reach Application Insights through OpenTelemetry (docs/operations.md), where
 # host.json's logLevel no longer filters them: keep per-request library logs out.
 telemetry.quiet_noisy_loggers()
+# No UPNs in log records (docs/security.md) from the first one; PHOTO_SYNC_LOG_UPNS=true, read with
+# the other settings, turns this off.
+telemetry.protect_upns_in_logs()
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
 
@@ -44,6 +47,17 @@ async def sync_now(req: func.HttpRequest) -> func.HttpResponse:
 async def health(req: func.HttpRequest) -> func.HttpResponse:
     """Counts per outcome, last reconciliation, subscription expiry, queue depths."""
     return _json(*await handlers.handle_health())
+
+
+# Not `admin/{command}`: the Functions host reserves every route that starts with "admin" for its
+# own admin API and refuses to load such a function ("The specified route conflicts with one or
+# more built in routes": Azure/azure-functions-host issue #1781, ScriptHost route validation).
+@app.function_name("ops")
+@app.route(route="ops/{command}", methods=["POST"], auth_level=func.AuthLevel.ADMIN)
+async def ops(req: func.HttpRequest) -> func.HttpResponse:
+    """Admin commands (preflight, subscription ensure, ...) as the app's identity; master key only."""
+    return _json(*await admin.handle_admin_request(req.route_params.get("command", ""),
+                                                   req.get_body(), handlers.get_settings()))
 
 
 @app.function_name("graph_webhook")

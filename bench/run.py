@@ -6,7 +6,8 @@ per-request latency) against one Azurite, and measures:
 - steady state: a reconciliation when no photo changed (requests per user, users/s, peak RSS);
 - 1 % changed: reconciliation + queue drain, beside the naive full re-upload every script does;
 - one change: one photo changed, delivered by the Graph notification path, to new thumbnails;
-- webhook burst: one POST of 1,000 change notifications, time to the 202, all users queued.
+- webhook burst: one POST of 1,000 change notifications, time to the 202, all users queued;
+- lifecycle burst: one POST of 1,000 lifecycle events, time to the 202, only ours queued.
 
 plus, once, the thumbnail maker's cost per user. photo-sync's client side runs in a child process
 (bench.worker) so its memory and CPU are its own; the simulator and Azurite stay here.
@@ -47,6 +48,7 @@ GOALS = {
     "peak_rss_mb": 150,          # steady state, reconciliation process
     "request_ratio": 50,         # 1 % changed: baseline requests / photo-sync requests
     "webhook_seconds": 1.0,      # 1,000 notifications -> 202
+    "lifecycle_seconds": 3.0,    # 1,000 lifecycle events -> 202 (Graph's answer window)
 }
 ONE_CHANGE_GOAL = {"graph": 3, "sharepoint": 4}  # user + photo meta + download; 3 uploads + profile
 console = Console(width=140)
@@ -158,6 +160,7 @@ class SizeResult:
     baseline: dict[str, Any] = field(default_factory=dict)
     one_change: dict[str, Any] = field(default_factory=dict)
     burst: dict[str, Any] = field(default_factory=dict)
+    lifecycle: dict[str, Any] = field(default_factory=dict)
     drain: dict[str, Any] = field(default_factory=dict)  # bench/scale.py
     outlook: dict[str, Any] = field(default_factory=dict)  # bench/scale.py
 
@@ -296,9 +299,7 @@ def run_size(n: int, azurite: Any, args: argparse.Namespace) -> SizeResult:
         result.one_change = one_change(sim, azurite, changed, args)
         console.log(f"{n:,} users: one change via notification, median "
                     f"{result.one_change['median_seconds'] * 1000:.0f} ms")
-        result.burst = webhook_burst(sim, env, args)
-        console.log(f"{n:,} users: webhook burst of {result.burst['notifications']} answered in "
-                    f"median {result.burst['median_seconds'] * 1000:.0f} ms")
+        webhooks(result, sim, env, args)
     finally:
         if worker:
             worker.close()
@@ -379,6 +380,104 @@ def one_change(sim: Any, azurite: Any, candidates: list[Any], args: argparse.Nam
     return {"runs": runs, "median_seconds": statistics.median(r["seconds"] for r in runs),
             "graph": max(r["graph"] for r in runs), "sharepoint": max(r["sharepoint"] for r in runs),
             "counters": runs[-1]["counters"]}
+
+
+def webhooks(result: SizeResult, sim: Any, env: dict[str, str], args: argparse.Namespace) -> None:
+    n = result.users
+    result.burst = webhook_burst(sim, env, args)
+    console.log(f"{n:,} users: webhook burst of {result.burst['notifications']} answered in "
+                f"median {result.burst['median_seconds'] * 1000:.0f} ms")
+    result.lifecycle = lifecycle_burst(env, args)
+    console.log(f"{n:,} users: lifecycle POST of {result.lifecycle['events']} events answered in "
+                f"median {result.lifecycle['median_seconds'] * 1000:.0f} ms")
+
+
+def webhook_sizes(n: int, azurite: Any, args: argparse.Namespace) -> SizeResult:
+    """`--webhooks-only`: the two webhook scenarios alone, for a quick check under load."""
+    from shared.handlers import reset_process_caches
+    from simulator.app_settings import local_app_settings
+    from simulator.core import TenantSimulator
+    from simulator.tenant import make_tenant
+
+    sim = TenantSimulator(make_tenant(n, photo_share=10, with_photo_ratio=args.with_photo_ratio,
+                                      linked_ratio=1.0)).start()
+    suffix = uuid.uuid4().hex[:8]
+    env = local_app_settings(azurite, sim, queue=f"bench-{suffix}", table=f"bench{suffix}")
+    os.environ.update(env)
+    reset_process_caches()
+    result = SizeResult(users=n, with_photo=0)
+    try:
+        webhooks(result, sim, env, args)
+    finally:
+        sim.stop()
+    return result
+
+
+def lifecycle_burst(env: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
+    """One POST of 1,000 lifecycle events to /api/lifecycle over HTTP: every kind for the app's
+    own subscription (recorded in the state table, as the timer does), the rest naming other
+    subscriptions. Time to the 202, then the control queue must hold one message per kind."""
+    import httpx
+    from azure.core.exceptions import ResourceNotFoundError
+    from azure.storage.queue import QueueClient, TextBase64DecodePolicy
+
+    import function_app
+    from shared.handlers import get_settings, reset_process_caches
+    from shared.state import StateStore, SubscriptionRecord, utc_now
+    from simulator.functions_host import LocalHttpHost
+
+    count, ours = 1000, str(uuid.uuid4())
+    events = ("reauthorizationRequired", "subscriptionRemoved", "missed")
+
+    async def record() -> None:
+        async with StateStore.from_settings(get_settings()) as state:
+            await state.save_subscription(SubscriptionRecord(ours, utc_now(), "bench"))
+
+    def item(subscription: str, event: str) -> dict[str, Any]:  # Graph's documented shape
+        return {"subscriptionId": subscription, "lifecycleEvent": event,
+                "subscriptionExpirationDateTime": "2030-01-01T00:00:00Z",
+                "clientState": env["GRAPH_CLIENT_STATE"], "tenantId": env["AZURE_TENANT_ID"]}
+
+    http = LocalHttpHost(function_app.app, uuid.uuid4().hex).start()
+    url = f"{http.url}/api/lifecycle"
+    runs = []
+    try:
+        with httpx.Client(timeout=30) as client:
+            for attempt in range(args.burst_runs):
+                queue_name = f"{env['PHOTO_SYNC_QUEUE']}-life{attempt}"
+                os.environ["PHOTO_SYNC_QUEUE"] = queue_name
+                reset_process_caches()
+                asyncio.run(record())
+                items = [item(ours if i % 2 == 0 else str(uuid.uuid4()), events[i % 3])
+                         for i in range(count)]
+                body = json.dumps({"value": items})
+                started = time.perf_counter()
+                answer = client.post(url, content=body,
+                                     headers={"Content-Type": "application/json"})
+                elapsed = time.perf_counter() - started
+                control = QueueClient.from_connection_string(
+                    env["AzureWebJobsStorage"], f"{queue_name}-control",
+                    message_decode_policy=TextBase64DecodePolicy())
+                try:
+                    queued = [json.loads(m.content) for m in
+                              control.receive_messages(messages_per_page=32, visibility_timeout=300)]
+                    control.delete_queue()
+                except ResourceNotFoundError:
+                    queued = []
+                control.close()
+                runs.append({"seconds": elapsed, "status": answer.status_code,
+                             "queued": len(queued),
+                             "only_ours": sorted(m["event"] for m in queued) == sorted(events)
+                             and all(m["subscriptionId"] == ours for m in queued)})
+    finally:
+        http.stop()
+        os.environ["PHOTO_SYNC_QUEUE"] = env["PHOTO_SYNC_QUEUE"]
+        reset_process_caches()
+    return {"events": count, "runs": runs,
+            "median_seconds": statistics.median(r["seconds"] for r in runs),
+            "max_seconds": max(r["seconds"] for r in runs),
+            "only_ours": all(r["only_ours"] for r in runs),
+            "status": sorted({r["status"] for r in runs})}
 
 
 def webhook_burst(sim: Any, env: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
@@ -577,6 +676,19 @@ def print_tables(results: list[SizeResult], thumbs: list[dict[str, Any]],
     ]
     print_size_table("One change delivered by a Graph change notification", sizes, rows)
 
+    print_webhook_tables(results)
+
+    table = Table(title="Thumbnails: 648x648 JPEG → 48, 72, 200 px JPEGs (shared.thumbnails)")
+    for column in ("image", "bytes", "runs", "median ms/user", "p90 ms", "min ms"):
+        table.add_column(column, justify="right" if column != "image" else "left")
+    for t in thumbs:
+        table.add_row(t["image"], fmt(t["bytes"]), str(t["runs"]), fmt(t["median_ms"], 1),
+                      fmt(t["p90_ms"], 1), fmt(t["min_ms"], 1))
+    console.print(table)
+
+
+def print_webhook_tables(results: list[SizeResult]) -> None:
+    sizes = [f"{r.users:,} users" for r in results]
     bursts = [r.burst for r in results]
     rows = [
         ("time to the 202 (ms, median)", [fmt(b["median_seconds"] * 1000) for b in bursts],
@@ -591,13 +703,19 @@ def print_tables(results: list[SizeResult], thumbs: list[dict[str, Any]],
     ]
     print_size_table("Webhook burst: one POST of 1,000 change notifications (1,000 users)", sizes, rows)
 
-    table = Table(title="Thumbnails: 648x648 JPEG → 48, 72, 200 px JPEGs (shared.thumbnails)")
-    for column in ("image", "bytes", "runs", "median ms/user", "p90 ms", "min ms"):
-        table.add_column(column, justify="right" if column != "image" else "left")
-    for t in thumbs:
-        table.add_row(t["image"], fmt(t["bytes"]), str(t["runs"]), fmt(t["median_ms"], 1),
-                      fmt(t["p90_ms"], 1), fmt(t["min_ms"], 1))
-    console.print(table)
+    lifecycles = [r.lifecycle for r in results]
+    rows = [
+        ("time to the 202 (ms, median)", [fmt(b["median_seconds"] * 1000) for b in lifecycles],
+         f"< {GOALS['lifecycle_seconds'] * 1000:.0f} ms "
+         f"{verdict(all(b['max_seconds'] < GOALS['lifecycle_seconds'] for b in lifecycles))}"),
+        ("  each run (ms)", [", ".join(fmt(x["seconds"] * 1000) for x in b["runs"])
+                            for b in lifecycles], ""),
+        ("status", [", ".join(map(str, b["status"])) for b in lifecycles], "202"),
+        ("one control message per event kind, ours only", [str(b["only_ours"]) for b in lifecycles],
+         verdict(all(b["only_ours"] for b in lifecycles))),
+    ]
+    print_size_table("Lifecycle POST: 1,000 events (half for the app's subscription, half for "
+                     "others)", sizes, rows)
 
 
 # --------------------------------------------------------------------------------------------- main
@@ -617,7 +735,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="fixed pause per user in the baseline, as scripts add (default 0)")
     parser.add_argument("--one-change-runs", type=int, default=3,
                         help="measured single changes (after one warm-up; default 3)")
-    parser.add_argument("--burst-runs", type=int, default=3, help="webhook bursts (default 3)")
+    parser.add_argument("--burst-runs", type=int, default=3,
+                        help="webhook bursts and lifecycle POSTs (default 3)")
+    parser.add_argument("--webhooks-only", action="store_true",
+                        help="only the webhook burst and the lifecycle POST (a quick check)")
     parser.add_argument("--thumbnail-runs", type=int, default=50, help="default 50")
     parser.add_argument("--timeout", type=float, default=900,
                         help="longest any one measured step may take, in seconds (default 900)")
@@ -653,6 +774,10 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     logging.basicConfig(level=logging.ERROR)  # the app's own info logs are not the point here
+    if args.webhooks_only:
+        with Azurite() as azurite:
+            print_webhook_tables([webhook_sizes(n, azurite, args) for n in args.size_list])
+        return 0
     info = machine()
     print_header(info, args)
     started = time.perf_counter()

@@ -86,6 +86,22 @@ param reconcileSchedule string = '0 0 */6 * * *'
 @description('Sync guest accounts too (app setting SYNC_INCLUDE_GUESTS): true/false, yes/no, on/off, 1/0.')
 param includeGuests string = 'true'
 
+// A first deployment can start paused (README, "Deploy to a real tenant"): the app is there, with its
+// identity and admin endpoint, but writes nothing until this is false again (`azd env set
+// PHOTO_SYNC_PAUSED false`, then `azd provision`).
+@allowed([
+  'true'
+  'false'
+  'yes'
+  'no'
+  'on'
+  'off'
+  '1'
+  '0'
+])
+@description('Deployed but paused (app setting PHOTO_SYNC_PAUSED): no subscription, nothing queued or written.')
+param paused string = 'false'
+
 @allowed([
   'true'
   'false'
@@ -130,6 +146,7 @@ param thumbnailNaming string = 'object-id'
 @minLength(16)
 @maxLength(128)
 @description('Graph clientState secret (16-128 characters).')
+//checkov:skip=CKV_AZURE_131:the default is newGuid(), a new random value per deployment, not a literal; azd passes the stored one
 param graphClientState string = newGuid()
 
 @description('Object id of the deploying principal (azd sets AZURE_PRINCIPAL_ID). Gets queue and table data access so the CLI and az storage commands work against this account. Empty: none.')
@@ -211,6 +228,19 @@ param reconcileAlertAfterHours int = 0
 @description('Alert when more than this many syncs end `failed` within one hour (ALERT_FAILED_PER_HOUR).')
 param failedAlertThreshold int = 20
 
+// The account holds only queues, the state table and the deployment package, all rebuilt by a
+// reconciliation or a deploy: locally redundant storage is enough. Zone- or geo-redundant copies are
+// a choice (STORAGE_SKU). Switching an existing account between LRS and GRS is an update; to or from
+// ZRS/GZRS is a conversion Azure Storage runs separately (docs/deploy.md, "Storage redundancy").
+@allowed([
+  'Standard_LRS'
+  'Standard_ZRS'
+  'Standard_GRS'
+  'Standard_GZRS'
+])
+@description('Redundancy of the storage account (STORAGE_SKU): Standard_LRS, Standard_ZRS, Standard_GRS or Standard_GZRS.')
+param storageSkuName string = 'Standard_LRS'
+
 param resourceGroupName string = ''
 param functionAppName string = ''
 param storageAccountName string = ''
@@ -239,7 +269,7 @@ resource rg 'Microsoft.Resources/resourceGroups@2021-04-01' = {
 
 // The identity the app uses for everything: host storage, queues, table, App Insights, and (after
 // scripts/grant-permissions.sh) Microsoft Graph and SharePoint.
-module identity 'br/public:avm/res/managed-identity/user-assigned-identity:0.4.1' = {
+module identity 'br/public:avm/res/managed-identity/user-assigned-identity:0.6.0' = {
   name: 'identity'
   scope: rg
   params: {
@@ -249,28 +279,35 @@ module identity 'br/public:avm/res/managed-identity/user-assigned-identity:0.4.1
   }
 }
 
-module appServicePlan 'br/public:avm/res/web/serverfarm:0.1.1' = {
+// serverfarm 0.7.0 sets tier FlexConsumption itself for skuName FC1 (and omits the capacity);
+// kind 'functionapp' as Microsoft's Flex Consumption samples declare the plan
+// (Azure-Samples/azure-functions-flex-consumption-samples IaC/bicep); `reserved` (Linux) must be
+// passed, since the module's default is `kind == 'linux'`.
+module appServicePlan 'br/public:avm/res/web/serverfarm:0.7.0' = {
   name: 'appserviceplan'
   scope: rg
   params: {
     name: 'plan-${resourceToken}'
-    sku: {
-      name: 'FC1'
-      tier: 'FlexConsumption'
-    }
+    skuName: 'FC1'
+    kind: 'functionapp'
     reserved: true
     location: location
     tags: tags
   }
 }
 
-module storage 'br/public:avm/res/storage/storage-account:0.8.3' = {
+// Checkov does not open br/public modules: tests/test_infra_templates.py checks these values.
+module storage 'br/public:avm/res/storage/storage-account:0.33.0' = {
   name: 'storage'
   scope: rg
   params: {
     name: !empty(storageAccountName) ? storageAccountName : 'st${resourceToken}'
+    skuName: storageSkuName
     allowBlobPublicAccess: false
     allowSharedKeyAccess: false // identity-based connections only
+    defaultToOAuthAuthentication: true
+    allowCrossTenantReplication: false
+    supportsHttpsTrafficOnly: true
     dnsEndpointType: 'Standard'
     publicNetworkAccess: 'Enabled'
     networkAcls: {
@@ -297,7 +334,7 @@ module storageQueues './app/storage-queues.bicep' = {
   }
 }
 
-module logAnalytics 'br/public:avm/res/operational-insights/workspace:0.11.1' = {
+module logAnalytics 'br/public:avm/res/operational-insights/workspace:0.16.1' = {
   name: 'loganalytics'
   scope: rg
   params: {
@@ -308,7 +345,7 @@ module logAnalytics 'br/public:avm/res/operational-insights/workspace:0.11.1' = 
   }
 }
 
-module monitoring 'br/public:avm/res/insights/component:0.6.0' = {
+module monitoring 'br/public:avm/res/insights/component:0.8.0' = {
   name: 'appinsights'
   scope: rg
   params: {
@@ -365,6 +402,7 @@ module api './app/api.bicep' = {
     reconcileSchedule: reconcileSchedule
     includeGuests: includeGuests
     enabledOnly: enabledOnly
+    paused: paused
     includeGroups: includeGroups
     excludeGroups: excludeGroups
   }

@@ -22,6 +22,16 @@ from azure.core.exceptions import AzureError
 from . import pacing, telemetry
 from .credentials import CachingCredential, build_credential
 from .graph import GraphDirectory
+from .inputs import (
+    NOTIFIED_CHUNK,
+    InputTooLarge,
+    LifecycleControl,
+    NotifiedControl,
+    ReconcileControl,
+    message_fits,
+    parse_control_message,
+    parse_sync_now,
+)
 from .notifications import (
     MalformedNotification,
     NotificationTooLarge,
@@ -35,9 +45,10 @@ from .queue import (
     InvalidMessage,
     SyncQueue,
     SyncRequest,
-    check_user_key,
     create_queue_if_missing,
     queue_client,
+    queue_text,
+    send_texts,
 )
 from .reconcile import DEFAULT_TIME_BUDGET_SECONDS, ReconcileReport, reconcile
 from .settings import Settings
@@ -49,17 +60,26 @@ from .verify import run_verify
 
 log = logging.getLogger("photo_sync")
 
-MAX_SYNC_BODY_BYTES = 1024 * 1024
 DIRECT_NOTIFICATION_LIMIT = 20  # up to this many users per notification POST are queued directly
-NOTIFIED_CHUNK = 500  # user ids per control message (about 26 kB of the 64 kB message limit)
-MAX_USERS_PER_REQUEST = 10_000
 RESCHEDULE_JITTER = 0.1
+# Graph wants a webhook's answer within 3 s: storing its messages (and, for lifecycle events, reading
+# the subscription record) gets this long; what is stored by then counts (see _store).
+WEBHOOK_STORE_SECONDS = 2.0
+# While PHOTO_SYNC_PAUSED, a sync message that still arrives comes back after this long (it is
+# queued again, never failed: a long pause poisons nobody and loses nothing).
+PAUSED_RETRY_SECONDS = 15 * 60
+UNPAUSE_HINT = ("photo-sync is paused (PHOTO_SYNC_PAUSED=true): it writes nothing. To unpause: "
+                "`azd env set PHOTO_SYNC_PAUSED false` and `azd provision` (or set the app "
+                "setting PHOTO_SYNC_PAUSED to false)")
 
 
 @functools.cache
 def get_settings() -> Settings:
-    """Read app settings once per process; a bad setting fails every trigger with its name."""
-    return Settings.from_env()
+    """Read app settings once per process; a bad setting fails every trigger with its name.
+    Log records lose UPNs from here on, unless PHOTO_SYNC_LOG_UPNS says otherwise."""
+    settings = Settings.from_env()
+    telemetry.protect_upns_in_logs(not settings.log_upns)
+    return settings
 
 
 @functools.cache
@@ -158,8 +178,9 @@ async def close_process_clients() -> None:
 
 async def handle_sync_message(body: str | bytes, dequeue_count: int = 1,
                               message_id: str = "") -> SyncResult | None:
-    """Run one queued sync. Raises InvalidMessage or transient errors so the host retries/poisons;
-    each failure is logged with the message id, so a poisoned message's reason can be found.
+    """Run one queued sync. Raises transient errors so the host retries, then poisons; each
+    failure is logged with the message id, so a poisoned message's reason can be found. A message
+    that can never run (InvalidMessage) goes to the poison queue at once, not after 5 tries.
 
     A throttled sync is not a failure: it is queued again to reappear after the wait the service
     asked for, and this message completes (None), so `maxDequeueCount` counts real failures only
@@ -169,6 +190,14 @@ async def handle_sync_message(body: str | bytes, dequeue_count: int = 1,
     with telemetry.counting() as counts:
         try:
             request = SyncRequest.from_json(body)
+        except InvalidMessage as error:
+            telemetry.log_sync_error(error, message_id=message_id, dequeue_count=dequeue_count,
+                                     final=True)
+            await poison_now(get_settings().queue_name, body)
+            return None
+        try:
+            if get_settings().paused:
+                raise Throttled("photo-sync is paused", PAUSED_RETRY_SECONDS)
             if PROCESS_CLIENTS:
                 clients = await process_clients()
                 result = await sync_user(clients.context, request)
@@ -219,12 +248,15 @@ async def handle_sync_request(body: bytes) -> tuple[int, dict[str, Any]]:
     try:
         users, everyone, force = parse_sync_body(body)
     except InvalidMessage as error:
-        return 400, {"error": str(error)}
+        log.warning("manual sync request refused: %s", error)
+        return 413 if isinstance(error, InputTooLarge) else 400, {"error": str(error)}
     settings = get_settings()
-    if everyone:
-        await send_control(settings, {"action": "reconcile", "force": force})
-        return 202, {"queued": 0, "reconcile": "scheduled", "force": force}
+    if settings.paused:
+        return 409, {"error": UNPAUSE_HINT, "paused": True}
     try:
+        if everyone:
+            await send_control(settings, {"action": "reconcile", "force": force})
+            return 202, {"queued": 0, "reconcile": "scheduled", "force": force}
         async with SyncQueue.from_settings(settings, interactive=True) as queue:
             queued = await queue.send(SyncRequest(u, "manual", force) for u in users)
     except AzureError as error:
@@ -234,41 +266,9 @@ async def handle_sync_request(body: bytes) -> tuple[int, dict[str, Any]]:
 
 
 def parse_sync_body(body: bytes) -> tuple[list[str], bool, bool]:
-    """Validate the manual trigger's body; InvalidMessage says exactly what is wrong."""
-    if len(body) > MAX_SYNC_BODY_BYTES:
-        raise InvalidMessage(f"the body is larger than {MAX_SYNC_BODY_BYTES} bytes")
-    try:
-        data = json.loads(body or b"null")
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidMessage("the body is not JSON; send {\"users\": [\"<id or UPN>\"]} "
-                             "or {\"all\": true}") from None
-    if not isinstance(data, dict):
-        raise InvalidMessage("the body must be a JSON object: {\"users\": [...]} or {\"all\": true}")
-    unknown = set(data) - {"users", "all", "force"}
-    if unknown:
-        raise InvalidMessage(f"unknown field(s): {', '.join(sorted(unknown))}")
-    force = data.get("force", False)
-    if not isinstance(force, bool):
-        raise InvalidMessage("\"force\" must be true or false")
-    everyone = data.get("all", False)
-    if not isinstance(everyone, bool):
-        raise InvalidMessage("\"all\" must be true or false")
-    users = data.get("users")
-    if everyone and users is not None:
-        raise InvalidMessage("give either \"users\" or \"all\", not both")
-    if everyone:
-        return [], True, force
-    if not isinstance(users, list) or not users:
-        raise InvalidMessage("\"users\" must be a non-empty list of object ids or UPNs")
-    if len(users) > MAX_USERS_PER_REQUEST:
-        raise InvalidMessage(f"at most {MAX_USERS_PER_REQUEST} users per request; use \"all\"")
-    checked = []
-    for index, user in enumerate(users):
-        try:
-            checked.append(check_user_key(user))
-        except InvalidMessage as error:
-            raise InvalidMessage(f"users[{index}]: {error}") from None
-    return list(dict.fromkeys(checked)), False, force
+    """Validate the manual trigger's body (shared.inputs); InvalidMessage says what is wrong."""
+    request = parse_sync_now(body)
+    return request.user_keys, request.all, request.force
 
 
 async def handle_health() -> tuple[int, dict[str, Any]]:
@@ -293,42 +293,80 @@ async def handle_notification(params: dict[str, str], body: bytes) -> Answer:
     parsed = _accept(params, body)
     if not isinstance(parsed, ParsedNotifications):
         return parsed
+    if get_settings().paused:  # the reconciliation after unpausing finds these changes
+        log.info("notifications ignored: photo-sync is paused", extra={"dropped": len(parsed.user_ids)})
+        return ACCEPTED
     if parsed.user_ids:
-        try:
-            await _queue_notified(get_settings(), parsed.user_ids)
-        except AzureError as error:
-            log.error("could not queue notified users: %s", type(error).__name__)
-            return STORAGE_DOWN
+        settings = get_settings()
+        queue_name, texts = _notified_messages(settings, parsed.user_ids)
+        refused = await _store(settings, queue_name, texts, "notified users",
+                               time.monotonic() + WEBHOOK_STORE_SECONDS)
+        if refused:
+            return refused
     log.info("notifications queued", extra={"queued": len(parsed.user_ids)})
     return ACCEPTED
 
 
 async def handle_lifecycle(params: dict[str, str], body: bytes) -> Answer:
-    """POST /api/lifecycle: queue each lifecycle event for the control function."""
+    """POST /api/lifecycle: queue each lifecycle event of this app's subscription (the one in the
+    state table) for the control function; events naming any other subscription are ignored."""
     parsed = _accept(params, body)
     if not isinstance(parsed, ParsedNotifications):
         return parsed
+    if get_settings().paused:
+        log.info("lifecycle notifications ignored: photo-sync is paused")
+        return ACCEPTED
+    events = list(dict.fromkeys(parsed.lifecycle))
+    if not events:
+        return ACCEPTED
+    settings = get_settings()
+    deadline = time.monotonic() + WEBHOOK_STORE_SECONDS
     try:
-        for event, subscription_id in dict.fromkeys(parsed.lifecycle):
-            await send_control(get_settings(), {"action": "lifecycle", "event": event,
-                                                "subscriptionId": subscription_id})
-    except AzureError as error:
-        log.error("could not queue a lifecycle event: %s", type(error).__name__)
+        async with asyncio.timeout(WEBHOOK_STORE_SECONDS), StateStore.from_settings(settings) as state:
+            record = await state.get_subscription()
+    except (AzureError, TimeoutError) as error:
+        log.error("could not read the subscription record: %s", type(error).__name__)
         return STORAGE_DOWN
-    return ACCEPTED
+    ours = record.subscription_id.lower() if record else None
+    known = [(event, subscription) for event, subscription in events if subscription == ours]
+    if len(known) < len(events):
+        log.warning("lifecycle events for a subscription that is not this app's ignored",
+                    extra={"ignored": len(events) - len(known)})
+    texts = [queue_text({"action": "lifecycle", "event": event, "subscriptionId": subscription})
+             for event, subscription in known]
+    return await _store(settings, control_queue_name(settings), texts, "lifecycle events",
+                        deadline) or ACCEPTED
 
 
-async def _queue_notified(settings: Settings, user_ids: list[str]) -> None:
+def _notified_messages(settings: Settings, user_ids: list[str]) -> tuple[str, list[str]]:
     """A few users are queued at once (the fast path). A burst is handed to the control queue in
     chunks, one message per chunk, so Graph gets its 202 in milliseconds however large the POST
     (one send per user costs about a millisecond each)."""
     if len(user_ids) <= DIRECT_NOTIFICATION_LIMIT:
-        async with SyncQueue.from_settings(settings, interactive=True) as queue:
-            await queue.send(SyncRequest(u, "notification") for u in user_ids)
-        return
-    for start in range(0, len(user_ids), NOTIFIED_CHUNK):
-        await send_control(settings, {"action": "notified",
-                                      "users": user_ids[start:start + NOTIFIED_CHUNK]})
+        return settings.queue_name, [SyncRequest(u, "notification").to_json() for u in user_ids]
+    return control_queue_name(settings), [
+        queue_text({"action": "notified", "users": user_ids[start:start + NOTIFIED_CHUNK]})
+        for start in range(0, len(user_ids), NOTIFIED_CHUNK)]
+
+
+async def _store(settings: Settings, queue_name: str, texts: list[str], what: str,
+                 deadline: float) -> Answer | None:
+    """Send a webhook's messages with one client, concurrently, before `deadline`; None when
+    done. 503 (Graph re-delivers) only when nothing was stored: once some messages are stored, a
+    re-delivery would not bring the rest sooner than the next reconciliation, which finds them."""
+    if not texts:
+        return None
+    async with queue_client(settings.storage, queue_name, interactive=True) as client:
+        result = await send_texts(client, texts, budget=max(0.1, deadline - time.monotonic()))
+    if result.complete:
+        return None
+    if result.stored == 0:
+        log.error("could not queue %s: %s", what, type(result.error).__name__)
+        return STORAGE_DOWN
+    log.error("queued only part of the %s; the next reconciliation finds the rest", what,
+              extra={"stored": result.stored, "messages": result.total,
+                     "error_type": type(result.error).__name__})
+    return None
 
 
 def _accept(params: dict[str, str], body: bytes) -> ParsedNotifications | Answer:
@@ -336,7 +374,8 @@ def _accept(params: dict[str, str], body: bytes) -> ParsedNotifications | Answer
     parsing with clientState (and tenant) checks; an Answer when the request ends there."""
     try:
         token = validation_token(params)
-    except MalformedNotification:
+    except MalformedNotification as error:
+        log.warning("notification refused: %s", error)
         return 400, "text/plain", ""
     if token is not None:
         return 200, "text/plain", token
@@ -346,7 +385,8 @@ def _accept(params: dict[str, str], body: bytes) -> ParsedNotifications | Answer
         return 403, "text/plain", ""
     try:
         parsed = parse_notifications(body, settings.client_state, settings.tenant_id)
-    except NotificationTooLarge:
+    except NotificationTooLarge as error:
+        log.warning("notification refused: %s", error)
         return 413, "text/plain", ""
     except MalformedNotification as error:
         log.warning("notification refused: %s", error)
@@ -364,32 +404,50 @@ def control_queue_name(settings: Settings) -> str:
 
 
 async def send_control(settings: Settings, message: dict[str, Any],
-                       interactive: bool = True) -> None:
+                       interactive: bool = True, delay: int = 0) -> None:
+    text = queue_text(message)
     client = queue_client(settings.storage, control_queue_name(settings), interactive=interactive)
     async with client:
         await create_queue_if_missing(client)
-        await client.send_message(json.dumps(message))
+        await client.send_message(text, visibility_timeout=delay or None)
+
+
+async def poison_now(queue_name: str, body: str | bytes) -> None:
+    """Move a message that can never run to `<queue>-poison` itself, where the host would put it
+    after `maxDequeueCount` useless tries (`replay-poison` finds it there). Raises when storage
+    fails, so the host retries the message and poisons it in the end anyway."""
+    text = body.decode("utf-8", "backslashreplace") if isinstance(body, bytes) else body
+    if not message_fits(text):  # only when invalid UTF-8 grew it: it is logged, nothing to replay
+        log.error("an invalid message too large to keep was dropped", extra={"queue": queue_name})
+        return
+    async with queue_client(get_settings().storage, f"{queue_name}-poison") as client:
+        await create_queue_if_missing(client)
+        await client.send_message(text)
 
 
 async def handle_control_message(body: str | bytes) -> dict[str, Any]:
-    """Run a reconciliation or react to a lifecycle event; re-queue a paused reconciliation."""
+    """Run a reconciliation or react to a lifecycle event; re-queue a paused reconciliation.
+    A message that can never run goes to the control queue's poison queue at once."""
     try:
-        message = json.loads(body)
-        action = message["action"]
-    except (ValueError, KeyError, TypeError):
-        raise InvalidMessage("control message must be JSON with an \"action\"") from None
-    if action == "reconcile":
-        report = await run_reconcile(force=bool(message.get("force")))
+        message = parse_control_message(body)
+    except InvalidMessage as error:
+        log.error("control message refused: %s", error)
+        await poison_now(control_queue_name(get_settings()), body)
+        return {"refused": str(error)}
+    if get_settings().paused:  # put back for later, like a paused sync message
+        await send_control(get_settings(), message.model_dump(mode="json"), interactive=False,
+                           delay=PAUSED_RETRY_SECONDS)
+        return {"paused": True, "action": message.action, "retryInSeconds": PAUSED_RETRY_SECONDS}
+    if isinstance(message, ReconcileControl):
+        report = await run_reconcile(force=message.force)
         return report.as_dict()
-    if action == "notified":
-        users = [check_user_key(u) for u in message.get("users") or []]
+    if isinstance(message, NotifiedControl):
         async with SyncQueue.from_settings(get_settings()) as queue:
-            return {"queued": await queue.send(SyncRequest(u, "notification") for u in users)}
-    if action == "lifecycle":
-        status = await handle_lifecycle_event(message.get("event", ""),
-                                              message.get("subscriptionId", ""))
-        return status.as_dict()
-    raise InvalidMessage(f"unknown control action {action!r}")
+            return {"queued": await queue.send(SyncRequest(u, "notification")
+                                               for u in message.users)}
+    assert isinstance(message, LifecycleControl)
+    status = await handle_lifecycle_event(message.event, message.subscriptionId)
+    return status.as_dict()
 
 
 async def handle_lifecycle_event(event: str, subscription_id: str) -> SubscriptionStatus:
@@ -430,6 +488,10 @@ async def handle_timer() -> dict[str, Any]:
     """The timer: keep the subscription alive, then reconcile everyone; whatever happened, log
     the "photo-sync health" record the alert rules read."""
     settings = get_settings()
+    if settings.paused:  # no subscription, nothing queued; the health record still says so
+        log.info(UNPAUSE_HINT)
+        await log_health(settings)
+        return {"paused": True}
     try:
         async with open_context(settings, get_credential()) as context:
             subscription = await ensure_subscription(settings, context.graph, context.state)
@@ -446,6 +508,8 @@ async def handle_verify_timer() -> dict[str, Any]:
     settings = get_settings()
     if not settings.verify_sample:
         return {"skipped": "VERIFY_SAMPLE is 0"}
+    if settings.paused:  # nothing is synced yet, and a paused app writes nothing, not even this
+        return {"skipped": "paused"}
     report = await run_verify(settings, sample=settings.verify_sample,
                               credential=get_credential())
     async with StateStore.from_settings(settings) as store:

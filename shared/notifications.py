@@ -2,23 +2,32 @@
 
 Graph POSTs `{"value": [...]}` and expects 2xx within 3 seconds, so this only decides which user ids
 to queue and which items to drop (with a count per reason for the log); nothing here does I/O.
+Sizes, JSON and item shapes are checked by shared.inputs.
 """
 
 from __future__ import annotations
 
 import hmac
-import json
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-MAX_BODY_BYTES = 4 * 1024 * 1024
-MAX_VALIDATION_TOKEN_LENGTH = 1024
-LIFECYCLE_EVENTS = ("reauthorizationRequired", "subscriptionRemoved", "missed")
+from .inputs import (
+    LIFECYCLE_EVENTS,
+    MAX_CLIENT_STATE_LENGTH,
+    MAX_NOTIFICATION_BYTES,
+    ChangeNotification,
+    InputTooLarge,
+    InvalidMessage,
+    LifecycleNotification,
+    notification_items,
+    validate,
+)
+from .inputs import validation_token as _validation_token
 
-_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-_USER_RESOURCE = re.compile(r"^/?users/([^/]+)$", re.IGNORECASE)
+MAX_BODY_BYTES = MAX_NOTIFICATION_BYTES
+__all__ = ["LIFECYCLE_EVENTS", "MAX_BODY_BYTES", "MalformedNotification", "NotificationTooLarge",
+           "ParsedNotifications", "parse_notifications", "validation_token"]
 
 
 class MalformedNotification(ValueError):
@@ -41,73 +50,58 @@ class ParsedNotifications:
 def validation_token(params: dict[str, str]) -> str | None:
     """The subscription handshake token, if this request is Graph's validation call.
 
-    Raises MalformedNotification for a token no Graph would send (empty or absurdly long).
-    """
-    if "validationToken" not in params:
-        return None
-    token = params["validationToken"]
-    if not token or len(token) > MAX_VALIDATION_TOKEN_LENGTH:
-        raise MalformedNotification("validationToken is empty or too long")
-    return token
+    Raises MalformedNotification for a token no Graph would send."""
+    try:
+        return _validation_token(params)
+    except InvalidMessage as error:
+        raise MalformedNotification(str(error)) from None
 
 
 def parse_notifications(body: bytes, client_state: str, tenant_id: str | None = None
                         ) -> ParsedNotifications:
     """Keep items that carry our clientState (and tenant, when one is configured)."""
-    items = _items(body)
+    try:
+        items = notification_items(body)
+    except InputTooLarge as error:
+        raise NotificationTooLarge(str(error)) from None
+    except InvalidMessage as error:
+        raise MalformedNotification(str(error)) from None
     parsed = ParsedNotifications()
     seen: set[str] = set()
     for item in items:
         reason = _reject_reason(item, client_state, tenant_id)
         if reason:
             parsed.rejected[reason] += 1
-            continue
-        event = item.get("lifecycleEvent")
-        if event is not None:
-            if event in LIFECYCLE_EVENTS and isinstance(item.get("subscriptionId"), str):
-                parsed.lifecycle.append((event, item["subscriptionId"]))
+        elif "lifecycleEvent" in item:
+            try:
+                event = validate(LifecycleNotification, item)
+            except InvalidMessage:
+                parsed.rejected["malformed lifecycle event"] += 1
             else:
-                parsed.rejected["unknown lifecycle event"] += 1
-            continue
-        user_id = _user_id(item)
-        if user_id is None:
-            parsed.rejected["no well-formed user id"] += 1
-        elif user_id not in seen:
-            seen.add(user_id)
-            parsed.user_ids.append(user_id)
+                parsed.lifecycle.append((event.lifecycleEvent, event.subscriptionId))
+        else:
+            try:
+                user_id = validate(ChangeNotification, item).user_id
+            except InvalidMessage:
+                parsed.rejected["no well-formed user id"] += 1
+            else:
+                if user_id not in seen:
+                    seen.add(user_id)
+                    parsed.user_ids.append(user_id)
     return parsed
-
-
-def _items(body: bytes) -> list[Any]:
-    if len(body) > MAX_BODY_BYTES:
-        raise NotificationTooLarge(f"notification body over {MAX_BODY_BYTES} bytes")
-    try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise MalformedNotification("the body is not JSON") from None
-    if not isinstance(payload, dict) or not isinstance(payload.get("value"), list):
-        raise MalformedNotification("the body has no \"value\" array")
-    return payload["value"]
 
 
 def _reject_reason(item: Any, client_state: str, tenant_id: str | None) -> str | None:
     if not isinstance(item, dict):
         return "not an object"
     received = item.get("clientState")
-    if not isinstance(received, str) or not hmac.compare_digest(received.encode(),
-                                                                client_state.encode()):
+    # The parser refuses lone surrogates; surrogatepass keeps this total for any str anyway.
+    if not isinstance(received, str) or len(received) > MAX_CLIENT_STATE_LENGTH or \
+            not hmac.compare_digest(received.encode("utf-8", "surrogatepass"),
+                                    client_state.encode("utf-8", "surrogatepass")):
         return "wrong or missing clientState"
-    if tenant_id and str(item.get("tenantId", "")).lower() != tenant_id.lower():
-        return "other tenant"
-    return None
-
-
-def _user_id(item: dict[str, Any]) -> str | None:
-    data = item.get("resourceData")
-    candidate = data.get("id") if isinstance(data, dict) else None
-    if not isinstance(candidate, str):
-        match = _USER_RESOURCE.match(str(item.get("resource", "")))
-        candidate = match.group(1) if match else None
-    if isinstance(candidate, str) and _GUID.match(candidate):
-        return candidate.lower()
+    if tenant_id:
+        received_tenant = item.get("tenantId")
+        if not isinstance(received_tenant, str) or received_tenant.lower() != tenant_id.lower():
+            return "other tenant"
     return None

@@ -80,6 +80,7 @@ async def tenant_summary(settings: Settings) -> dict[str, Any]:
         "waiting": {"users": waiting, "oldestSince": oldest_wait.isoformat(timespec="seconds")
                     if waiting and oldest_wait else None},
         "verify": verified.as_dict() if verified else None,  # the daily sampled verify
+        "paused": settings.paused,
     }
 
 
@@ -106,6 +107,7 @@ async def health_figures(settings: Settings) -> dict[str, Any]:
                                   queue_depth(settings, f"{settings.queue_name}-control-poison"))
     completed = cursor.last_completed_at
     return {
+        "paused": settings.paused,
         "poison_messages": sum(poison),
         "subscription_present": subscription is not None,
         "subscription_hours_left": round((subscription.expires_at - now).total_seconds() / 3600, 2)

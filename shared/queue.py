@@ -9,48 +9,47 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import re
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-from azure.core.exceptions import ResourceExistsError
+from azure.core.exceptions import AzureError, ResourceExistsError
 from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
 from azure.storage.queue.aio import QueueClient
 
 from .credentials import storage_credential
+from .inputs import (
+    MAX_QUEUE_MESSAGE_BYTES,
+    MAX_USER_KEY_LENGTH,
+    REASONS,
+    InvalidMessage,
+    Reason,
+    check_user_key,
+    is_object_id,
+    message_fits,
+    parse_sync_message,
+)
 from .settings import Settings, StorageSettings
 
-Reason = Literal["notification", "manual", "reconcile"]
-REASONS: tuple[Reason, ...] = ("notification", "manual", "reconcile")
-
-_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-# A UPN: local part without characters that could steer a URL, '@', a DNS domain. Apostrophes,
-# '#' (guests' #EXT#) and non-ASCII letters are legal in Entra ID UPNs and must pass.
-_UPN = re.compile(r"^[^\s/\\?%\"<>|:*@]{1,113}@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
-MAX_USER_KEY_LENGTH = 256
+__all__ = ["MAX_USER_KEY_LENGTH", "REASONS", "InvalidMessage", "Reason", "check_user_key",
+           "is_object_id"]  # re-exported: callers import them from here since before shared.inputs
 MAX_VISIBILITY_DELAY = 7 * 24 * 3600 - 1  # Put Message: visibilitytimeout must be below 7 days
+# An HTTP trigger waits at most this long for one storage response (a stalled socket included),
+# so with its one retry it answers within Graph's 3 seconds.
+INTERACTIVE_READ_TIMEOUT = 1.0
 
 
-class InvalidMessage(ValueError):
-    """A queue message or request that can never be processed; says what is wrong."""
+class MessageTooLarge(ValueError):
+    """A message over the queue's 64 KiB limit: a bug in its producer, never sent."""
 
 
-def is_object_id(value: str) -> bool:
-    return bool(_GUID.match(value))
-
-
-def check_user_key(value: object) -> str:
-    """Accept an Entra object id or a UPN; refuse anything that could steer a URL path."""
-    if not isinstance(value, str) or not value:
-        raise InvalidMessage("a user must be given as a non-empty string (object id or UPN)")
-    if len(value) > MAX_USER_KEY_LENGTH:
-        raise InvalidMessage(f"a user id is at most {MAX_USER_KEY_LENGTH} characters")
-    if is_object_id(value):
-        return value.lower()
-    if ".." in value or not _UPN.match(value):
-        raise InvalidMessage(f"{value[:80]!r} is neither an object id nor a user principal name")
-    return value
+def queue_text(message: dict[str, Any]) -> str:
+    """A message as the queue stores it (JSON), refused before sending if it would not fit."""
+    text = json.dumps(message)
+    if not message_fits(text):
+        raise MessageTooLarge(f"a queue message must stay under {MAX_QUEUE_MESSAGE_BYTES} bytes "
+                              "once base64-encoded")
+    return text
 
 
 @dataclass(frozen=True)
@@ -62,23 +61,13 @@ class SyncRequest:
     force: bool = False
 
     def to_json(self) -> str:
-        return json.dumps({"userId": self.user_id, "reason": self.reason, "force": self.force})
+        return queue_text({"userId": self.user_id, "reason": self.reason, "force": self.force})
 
     @classmethod
     def from_json(cls, text: str | bytes) -> SyncRequest:
-        try:
-            body = json.loads(text)
-        except (ValueError, UnicodeDecodeError):
-            raise InvalidMessage("the message is not JSON") from None
-        if not isinstance(body, dict):
-            raise InvalidMessage("the message must be a JSON object")
-        reason = body.get("reason", "manual")
-        if reason not in REASONS:
-            raise InvalidMessage(f"reason must be one of {', '.join(REASONS)}")
-        force = body.get("force", False)
-        if not isinstance(force, bool):
-            raise InvalidMessage("force must be true or false")
-        return cls(user_id=check_user_key(body.get("userId")), reason=reason, force=force)
+        """Parse and validate a queue message (shared.inputs); InvalidMessage says what is wrong."""
+        message = parse_sync_message(text)
+        return cls(user_id=message.userId, reason=message.reason, force=message.force)
 
 
 async def _aiter(items: Iterable[SyncRequest]) -> AsyncIterator[SyncRequest]:
@@ -92,9 +81,12 @@ def queue_client(storage: StorageSettings, queue_name: str, *, interactive: bool
 
     Retries are bounded (the SDK default retries a dead endpoint for over a minute): a worker
     gives up after about 8 s and its message is retried by the queue; an HTTP trigger
-    (`interactive`) after about 1 s, so Graph gets its 5xx quickly and re-delivers later.
+    (`interactive`) after about 1 s (2.5 s with a stalled socket: each try waits at most
+    INTERACTIVE_READ_TIMEOUT), so Graph gets its 5xx quickly and re-delivers later.
     """
-    retry = {"retry_total": 1, "initial_backoff": 0.5, "increment_base": 1} if interactive else \
+    retry = {"retry_total": 1, "initial_backoff": 0.5, "increment_base": 1,
+             "connection_timeout": INTERACTIVE_READ_TIMEOUT,
+             "read_timeout": INTERACTIVE_READ_TIMEOUT} if interactive else \
         {"retry_total": 3, "initial_backoff": 0.5, "increment_base": 1.5, "random_jitter_range": 1}
     policies: dict[str, Any] = {"message_encode_policy": TextBase64EncodePolicy(),
                                    "message_decode_policy": TextBase64DecodePolicy(), **retry}
@@ -110,6 +102,47 @@ async def create_queue_if_missing(client: QueueClient) -> None:
         await client.create_queue()
     except ResourceExistsError:
         pass
+
+
+@dataclass
+class Stored:
+    """What `send_texts` stored: all of it, or some and the first reason it stopped."""
+
+    stored: int = 0
+    total: int = 0
+    error: BaseException | None = field(default=None, repr=False)
+
+    @property
+    def complete(self) -> bool:
+        return self.error is None and self.stored == self.total
+
+
+async def send_texts(client: QueueClient, texts: Sequence[str], *, budget: float,
+                     concurrency: int = 16) -> Stored:
+    """Send messages with one client, `concurrency` at a time, within `budget` seconds (an HTTP
+    trigger must answer Graph within 3). A storage failure or the budget running out is reported,
+    with how many messages were stored by then, not raised."""
+    result = Stored(total=len(texts))
+    gate = asyncio.Semaphore(concurrency)
+
+    async def send(text: str) -> None:
+        async with gate:
+            await client.send_message(text)
+        result.stored += 1
+
+    try:
+        async with asyncio.timeout(budget):
+            await create_queue_if_missing(client)
+            outcomes = await asyncio.gather(*(send(t) for t in texts), return_exceptions=True)
+    except (TimeoutError, AzureError) as error:
+        result.error = error
+        return result
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            if not isinstance(outcome, AzureError):
+                raise outcome
+            result.error = result.error or outcome
+    return result
 
 
 class SyncQueue:

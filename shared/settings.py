@@ -26,6 +26,10 @@ DEFAULT_GRAPH_PHOTO_CONCURRENCY = 4
 DEFAULT_VERIFY_SAMPLE = 200  # users the daily verify looks at (shared/verify.py)
 PROFILE_WRITE_MODES = ("auto", "off")  # PROFILE_WRITES (shared/profile_writes.py)
 DEFAULT_PROFILE_WRITE_PROBE_HOURS = 24
+# The template's maximumInstanceCount (infra/main.bicep). A process that is not told how many
+# siblings share the budget assumes the deployed cap: a smaller share is slower but never
+# overruns SharePoint's budget, where 1 would let each of 4 instances spend all of it.
+DEFAULT_MAX_INSTANCES = 4
 
 # Azure Storage queue names: 3-63 chars, lowercase letters, digits and single hyphens.
 _QUEUE_NAME = re.compile(r"^(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*$")
@@ -82,11 +86,13 @@ class Settings:
     thumbnail_naming: str = "object-id"
     organisation: str = "photo-sync"
     sharepoint_ru_per_minute: int = DEFAULT_SHAREPOINT_RU_PER_MINUTE
-    max_instances: int = 1
+    max_instances: int = DEFAULT_MAX_INSTANCES
     graph_photo_concurrency: int = DEFAULT_GRAPH_PHOTO_CONCURRENCY
     verify_sample: int = DEFAULT_VERIFY_SAMPLE  # users the daily verify checks; 0: no daily verify
     profile_writes: str = "auto"  # PROFILE_WRITE_MODES: "off" never tries a profile write
     profile_write_probe_hours: int = DEFAULT_PROFILE_WRITE_PROBE_HOURS  # while refused
+    log_upns: bool = False  # PHOTO_SYNC_LOG_UPNS: log records keep UPNs (docs/security.md)
+    paused: bool = False  # PHOTO_SYNC_PAUSED: deployed but writing nothing (first deployment)
 
     @property
     def poison_queue_name(self) -> str:
@@ -197,13 +203,15 @@ class Settings:
             organisation=organisation,
             sharepoint_ru_per_minute=reader.positive_int("SHAREPOINT_RU_PER_MINUTE",
                                                          DEFAULT_SHAREPOINT_RU_PER_MINUTE),
-            max_instances=reader.positive_int("PHOTO_SYNC_MAX_INSTANCES", 1),
+            max_instances=reader.positive_int("PHOTO_SYNC_MAX_INSTANCES", DEFAULT_MAX_INSTANCES),
             graph_photo_concurrency=reader.positive_int("GRAPH_PHOTO_CONCURRENCY",
                                                         DEFAULT_GRAPH_PHOTO_CONCURRENCY),
             verify_sample=reader.count("VERIFY_SAMPLE", DEFAULT_VERIFY_SAMPLE),
             profile_writes=profile_writes,
             profile_write_probe_hours=reader.positive_int("PROFILE_WRITE_PROBE_HOURS",
                                                           DEFAULT_PROFILE_WRITE_PROBE_HOURS),
+            log_upns=reader.flag("PHOTO_SYNC_LOG_UPNS", False),
+            paused=reader.flag("PHOTO_SYNC_PAUSED", False),
         )
         if reader.problems:
             raise SettingsError(reader.problems)

@@ -20,6 +20,7 @@ from azure.data.tables.aio import TableClient
 
 from . import counters
 from .credentials import storage_credential
+from .queue import is_object_id
 from .settings import Settings, StorageSettings
 
 USER_PARTITION = "user"
@@ -209,6 +210,20 @@ class StateStore:
     async def all_users(self) -> AsyncIterator[UserState]:
         async for entity in self._rows(counters.USER_ROWS):
             yield UserState.from_entity(dict(entity))
+
+    async def find(self, key: str) -> UserState | None:
+        """A user by object id (a point read) or by UPN (a filter on the users' partition; UPNs
+        are case-insensitive, so an exact miss is retried over the UPN column alone)."""
+        if is_object_id(key):
+            return await self.get(key.lower())
+        async for entity in self._rows(f"PartitionKey eq '{USER_PARTITION}' and upn eq @upn",
+                                       parameters={"upn": key}):
+            return UserState.from_entity(dict(entity))
+        async for entity in self._rows(f"PartitionKey eq '{USER_PARTITION}'",
+                                       select=["RowKey", "upn"]):
+            if str(entity.get("upn", "")).lower() == key.lower():
+                return await self.get(entity["RowKey"])
+        return None
 
     async def seen_index(self) -> SeenIndex:
         """What the reconciliation compares Graph with, for every user, in one partition scan.

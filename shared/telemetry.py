@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,6 +39,19 @@ THROTTLED_STATUS = (429, 503)  # what Graph and SharePoint answer, with Retry-Af
 # Loggers whose INFO records would flood Application Insights (one per HTTP request, with URLs
 # that name users). In OpenTelemetry mode host.json's logLevel no longer filters worker logs.
 NOISY_LOGGERS = ("httpx", "httpcore", "hpack", "azure", "msal", "kiota_http", "urllib3")
+
+# A UPN's local part: the characters Entra ID allows in one (A-Z a-z 0-9 ' . - _ ! # ^ ~,
+# learn.microsoft.com/entra/identity/authentication/concept-sspr-policy "Username policies"),
+# `%xx` escapes as in request URLs (`%40` for @), so a guest's `…#EXT#@…` too. The domain stays:
+# it tells members from guests. And a thumbnail named after a UPN (`adele_vance_contoso_com_MThumb
+# .jpg`); object-id names (`6e7b768e-…_MThumb.jpg`) are kept.
+_UPN = re.compile(r"[A-Za-z0-9'._!#^~%-]+(?=(?:@|%40)[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+)")
+_UPN_THUMBNAIL = re.compile(r"(?<![A-Za-z0-9'._!#^~%-])(?![0-9a-fA-F]{8}-[0-9a-fA-F]{4}-"
+                            r"[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}_)"
+                            r"[A-Za-z0-9'._!#^~%-]+(?=_[SML]Thumb\.jpg)")
+REDACTED = "<redacted>"
+_redacting = False
+_factory_installed = False
 
 # Request counters of the syncs running in this task (a sync, and the queue message around it)
 _active: ContextVar[tuple[RequestCounts, ...]] = ContextVar("photo_sync_request_counts",
@@ -101,6 +115,42 @@ def flag(value: bool) -> str:
     return "true" if value else "false"
 
 
+def redact_upns(text: str) -> str:
+    """`text` without user principal names (when redaction is on; see protect_upns_in_logs)."""
+    if not _redacting or not text:
+        return text
+    return _UPN_THUMBNAIL.sub(REDACTED, _UPN.sub(REDACTED, text))
+
+
+def protect_upns_in_logs(enabled: bool = True) -> None:
+    """Redact UPNs from every log record's message, whatever logger writes it (httpx and the SDKs
+    put request URLs in theirs: SharePoint's PeopleManager and UPN-named thumbnails carry UPNs).
+    PHOTO_SYNC_LOG_UPNS=true turns it off, for an operator tracing one user.
+
+    A record factory rather than a handler filter: the Functions worker and the Azure Monitor
+    distro add their own handlers, and a factory sees every record before any of them."""
+    global _redacting, _factory_installed
+    _redacting = enabled
+    if _factory_installed:
+        return
+    make_record = logging.getLogRecordFactory()
+
+    def redacting_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make_record(*args, **kwargs)
+        if _redacting:
+            try:
+                message = record.getMessage()
+            except (TypeError, ValueError):  # a bad format string: logging reports it itself
+                return record
+            redacted = redact_upns(message)
+            if redacted != message:
+                record.msg, record.args = redacted, None
+        return record
+
+    logging.setLogRecordFactory(redacting_factory)
+    _factory_installed = True
+
+
 def quiet_noisy_loggers() -> None:
     """Keep per-request INFO logs of HTTP and SDK libraries out of Application Insights."""
     for name in NOISY_LOGGERS:
@@ -133,15 +183,17 @@ def log_sync(result: SyncResult, trigger: str, counts: RequestCounts, *,
     log.info(SYNC_FINISHED, extra={
         "event": "sync", "outcome": result.outcome.value, "reason_code": result.code,
         "user_id": result.user_id, "trigger": trigger, "dry_run": flag(dry_run),
-        "detail": result.reason, **counts.fields()})
+        "detail": redact_upns(result.reason), **counts.fields()})
 
 
 def log_sync_error(error: BaseException, *, message_id: str, dequeue_count: int,
-                   counts: RequestCounts | None = None) -> None:
-    """One record per failed queue message; `final_attempt` means it goes to poison next."""
-    final = dequeue_count >= max_dequeue_count()
+                   counts: RequestCounts | None = None, final: bool | None = None) -> None:
+    """One record per failed queue message; `final_attempt` means it goes to poison next (at
+    `maxDequeueCount`, or at once for a message that can never run: `final`)."""
+    final = dequeue_count >= max_dequeue_count() if final is None else final
     extra: dict[str, Any] = {
-        "event": "sync_error", "error_type": type(error).__name__, "error": str(error)[:500],
+        "event": "sync_error", "error_type": type(error).__name__,
+        "error": redact_upns(str(error))[:500],
         "message_id": message_id, "dequeue_count": dequeue_count, "final_attempt": flag(final)}
     if counts is not None:
         extra.update(counts.fields())

@@ -30,7 +30,7 @@ from .credentials import CachingCredential
 from .graph import BATCH_SIZE, DirectoryUser, GraphError
 from .operations import VERIFY_STATES
 from .pacing import RU_PER_REQUEST
-from .queue import InvalidMessage, check_user_key
+from .inputs import InvalidMessage, check_user_key
 from .reconcile import users_in_scope
 from .scope import out_of_scope, scope_groups, uses_groups
 from .settings import Settings

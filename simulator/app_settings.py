@@ -30,6 +30,8 @@ def local_app_settings(azurite: Azurite, sim: TenantSimulator, *, queue: str = "
         # The simulator enforces no SharePoint budget unless a test or bench turns one on
         # (simulator/budgets.py), so the app need not pace itself at a real tenant's 1,250 RU/min.
         "SHAREPOINT_RU_PER_MINUTE": "600000",
+        # One process serves the local host (and the CLI): it has the app's whole share.
+        "PHOTO_SYNC_MAX_INSTANCES": "1",
         "PATH": f"{STAND_IN_AZ}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     if host_url:

@@ -8,7 +8,7 @@ import threading
 import time
 import uuid
 from bisect import bisect_right
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -189,6 +189,9 @@ class TenantSimulator:
         self._subs: dict[str, Subscription] = {}
         self._faults: list[Fault] = []
         self._counters: dict[str, Counter[str]] = {h: Counter() for h in HOSTS}
+        # The last requests' (host, path?query as sent), for tests that check what reached a URL
+        # (tests/hostile.py); a record of what was received, no behaviour of the services.
+        self.recent_targets: deque[tuple[str, str]] = deque(maxlen=10_000)
         self.budgets = Budgets(self.now)  # throttling budgets, off unless turned on (simulator/budgets.py)
         self._revoked_before = float("-inf")
         self._claims_cache: dict[str, dict[str, Any] | None] = {}
@@ -714,6 +717,8 @@ class TenantSimulator:
         if self.latency_ms:
             time.sleep(self.latency_ms / 1000.0)
         agent = req.header("User-Agent")
+        self.recent_targets.append((host, f"{req.path}?{req.query_string}" if req.query_string
+                                    else req.path))
         with self._lock:
             if len(self.user_agents[host]) < 100 or agent in self.user_agents[host]:
                 self.user_agents[host][agent] += 1

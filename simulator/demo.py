@@ -4,27 +4,29 @@ Starts Azurite and the tenant simulator on free loopback ports, runs the functio
 Functions host, and walks through what an admin would see: a first sync of everyone, a photo changed
 in Microsoft 365 reaching SharePoint through a Graph change notification with no manual step, and a
 dropped notification repaired by the timer's reconciliation. Stops everything it started.
+
+Every line fits an 80-column terminal, also when the output is not a terminal (a log, CI): tables
+name users by their UPN without the tenant's domain, which the table's title gives once.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 import os
 import secrets
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from azure.identity import AzureCliCredential
-
-from shared.credentials import CachingCredential
+from shared.__main__ import main as cli
 from shared.handlers import get_settings, reset_process_caches
-from shared.operations import LinkResult, link_profiles
+from shared.sharepoint import upn_stem
 from shared.state import StateStore, UserState
 
 from .app_settings import local_app_settings
@@ -32,13 +34,17 @@ from .azurite import Azurite, free_port
 from .core import TenantSimulator
 from .functions_host import LocalFunctionsHost
 from .images import PhotoSpec
+from .tenant import User
 
 DEMO_TENANT = Path(__file__).resolve().parent / "demo_tenant.json"
-console = Console(width=150)
+WIDTH = 80  # columns, terminal or not (tests/test_demo.py)
+LINK_PROFILES = ["link-profiles", "--sign-in", "azure-cli"]  # what a SharePoint admin runs
+console = Console(width=WIDTH)
 
 
 def main() -> None:
     function_key = secrets.token_urlsafe(16)
+    os.environ["COLUMNS"] = str(WIDTH)  # the CLI's own tables (link-profiles) fit too
     with Azurite() as azurite, TenantSimulator.from_file(DEMO_TENANT) as sim:
         import function_app  # imported late: the app reads settings at first use, not import
 
@@ -52,11 +58,12 @@ def main() -> None:
         finally:
             host.stop()
     console.print("\n[bold]Demo finished.[/] Everything it started has stopped.")
+    console.print("Next: deploy it to your tenant with `azd up`, step by step in docs/deploy.md")
 
 
 def run(sim: TenantSimulator, host: LocalFunctionsHost, key: str) -> None:
     everyone = [u.userPrincipalName for u in sim.users()]
-    console.rule("1. An admin queues every demo user: POST /api/sync {\"users\": [...]}")
+    console.rule('1. Queue every demo user: POST /api/sync {"users": [...]}')
     answer = httpx.post(f"{host.url}/api/sync", json={"users": everyone},
                         headers={"x-functions-key": key})
     console.print(f"HTTP {answer.status_code} {answer.json()}")
@@ -64,19 +71,22 @@ def run(sim: TenantSimulator, host: LocalFunctionsHost, key: str) -> None:
     show_outcomes(sim)
     show_sharepoint(sim)
 
-    console.rule("2. The timer runs: the Graph subscription is created (validation handshake)")
+    console.rule("2. The timer creates the Graph subscription (validation handshake)")
     host.run_timer("reconcile")
     host.wait_idle()
     for subscription in sim.subscriptions():
         expires = datetime.fromtimestamp(subscription.expiration, timezone.utc)
-        console.print(f"subscription {subscription.id} on '{subscription.resource}' -> "
-                      f"{subscription.notification_url}, expires {expires:%Y-%m-%d %H:%M} UTC")
+        console.print(f"subscription on '{subscription.resource}', expires "
+                      f"{expires:%Y-%m-%d %H:%M} UTC; notifications go to")
+        console.print(f"  {subscription.notification_url}")
 
     member = next(u for u in sim.users() if u.photo and u.profile_linked and u.accountEnabled
                   and u.userType == "Member" and u.picture_naming == "object-id")
-    console.rule(f"3. {member.userPrincipalName} sets a new photo in Microsoft 365")
+    name = short(member)
+    console.rule(f"3. {name} sets a new photo in Microsoft 365")
     profile_before = dict(sim.profile(member.id))
-    console.print(f"SharePoint linked this profile itself: PictureURL = {profile_before['PictureURL']}")
+    console.print(f"{name}: SharePoint linked the profile itself; its PictureURL names")
+    console.print(f"  {profile_before['PictureURL'].rsplit('/', 1)[-1]}")
     before = thumbnail_digest(sim, member.userPrincipalName)
     started = time.monotonic()
     sim.set_photo(member.id, PhotoSpec(kind="jpeg", width=640, height=640, color="#c0392b"))
@@ -84,43 +94,49 @@ def run(sim: TenantSimulator, host: LocalFunctionsHost, key: str) -> None:
     host.wait_idle()
     delivered = [d for d in sim.notifications_sent if d.kind == "change"]
     console.print(f"Graph sent {len(delivered)} change notification(s); the webhook answered "
-                  f"{sorted({d.status for d in delivered})}")
+                  f"{', '.join(str(s) for s in sorted({d.status for d in delivered}))}")
     after = thumbnail_digest(sim, member.userPrincipalName)
-    console.print(f"The thumbnails people see changed: [bold]{before != after}[/] "
-                  f"({time.monotonic() - started:.1f} s from photo change to new thumbnails)")
+    console.print(f"{name}: the picture people see changed: [bold]{yes(before != after)}[/], "
+                  f"{time.monotonic() - started:.1f} s after the photo change")
     shown = sim.shown_file(member.id, "L")
-    console.print(f"Overwritten where the profile points: {shown.name if shown else None}; profile "
-                  f"properties untouched: {sim.profile(member.id) == profile_before}")
+    console.print(f"{name}: profile untouched: {yes(sim.profile(member.id) == profile_before)}; "
+                  f"overwritten in place:")
+    console.print(f"  {shown.name if shown else None}")
 
     other = next(u for u in sim.users() if u.photo and u.profile_linked and u.accountEnabled
                  and u.id != member.id)
-    console.rule(f"4. Graph drops the notification for {other.userPrincipalName}'s new photo")
+    name = short(other)
+    console.rule(f"4. Graph drops the notification for {name}'s new photo")
     sim.drop_notifications = True
     before = thumbnail_digest(sim, other.userPrincipalName)
     sim.set_photo(other.id, PhotoSpec(kind="jpeg", width=500, height=500, color="#27ae60"))
     host.wait_idle()
-    console.print(f"After the dropped notification, thumbnails changed: "
-                  f"{thumbnail_digest(sim, other.userPrincipalName) != before}")
-    console.print("The timer's reconciliation runs (same code as POST /api/sync {\"all\": true})")
+    console.print(f"{name}: picture changed after the dropped notification: "
+                  f"{yes(thumbnail_digest(sim, other.userPrincipalName) != before)}")
+    console.print('The timer\'s reconciliation runs (the code of POST /api/sync {"all": true})')
     host.run_timer("reconcile")
     host.wait_idle()
-    console.print(f"After the timer's reconciliation, thumbnails changed: "
-                  f"[bold]{thumbnail_digest(sim, other.userPrincipalName) != before}[/]")
+    console.print(f"{name}: picture changed after the reconciliation: "
+                  f"[bold]{yes(thumbnail_digest(sim, other.userPrincipalName) != before)}[/]")
 
-    console.rule("5. A SharePoint admin links the profiles still on a placeholder, once")
+    console.rule("5. A SharePoint admin links the profiles on a placeholder, once")
     os.environ["SIM_TOKEN_KIND"] = "user"  # the stand-in `az login` is now a delegated admin
-    admin = CachingCredential(AzureCliCredential())
-    for result in asyncio.run(collect(link_profiles(get_settings(), admin))):
-        console.print(f"{result.upn}: {'linked' if result.linked else 'not linked'} "
-                      f"({result.reason}); PictureURL = {sim.profile(result.upn)['PictureURL']}")
+    console.print(f"$ python -m shared {' '.join(LINK_PROFILES)}")
+    sys.stdout.flush()
+    cli(LINK_PROFILES)
     show_outcomes(sim)
     console.print(f"Requests without the NONISV|...|photo-sync/<version> User-Agent: "
-                  f"{sum(sim.undecorated.values())}; profiles pointing at a missing file: "
-                  f"{len(sim.broken_picture_links())}")
+                  f"{sum(sim.undecorated.values())}")
+    console.print(f"Profiles pointing at a missing file: {len(sim.broken_picture_links())}")
 
 
-async def collect(results: AsyncIterator[LinkResult]) -> list[LinkResult]:
-    return [result async for result in results]
+def yes(value: bool) -> str:
+    return "yes" if value else "no"
+
+
+def short(user: User) -> str:
+    """The UPN without the demo tenant's domain, which every demo user shares."""
+    return user.userPrincipalName.rsplit("@", 1)[0]
 
 
 def thumbnail_digest(sim: TenantSimulator, upn: str) -> bytes:
@@ -130,17 +146,25 @@ def thumbnail_digest(sim: TenantSimulator, upn: str) -> bytes:
 
 
 def describe(sim: TenantSimulator, upn: str) -> str:
+    """What makes this demo user a case: the photo's kind, or the account's or profile's trait."""
     user = sim.user(upn)
-    parts = [user.photo.kind if user.photo else "no photo"]
     if user.userType == "Guest":
-        parts.append("guest")
+        return "guest"
     if not user.accountEnabled:
-        parts.append("disabled")
+        return "disabled"
+    if not user.photo:
+        return "no photo"
     if not user.profile_linked:
-        parts.append("profile on placeholder")
-    elif user.picture_naming == "upn":
-        parts.append("older UPN-form profile")
-    return ", ".join(parts)
+        return "placeholder"
+    if user.picture_naming == "upn":
+        return "UPN-named"
+    return {"exif-rotated-jpeg": "exif-rotated"}.get(user.photo.kind, user.photo.kind)
+
+
+def compact_table(*columns: str, title: str) -> Table:
+    """Columns one space and a rule apart, no frame: four columns fit in 80."""
+    return Table(*columns, title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+                 collapse_padding=True, title_justify="left")
 
 
 def show_outcomes(sim: TenantSimulator) -> None:
@@ -151,19 +175,32 @@ def show_outcomes(sim: TenantSimulator) -> None:
         finally:
             await store.close()
 
-    table = Table("user", "demo user", "outcome", "reason", title="What photo-sync did, per user")
+    domain = sim.users()[0].userPrincipalName.rsplit("@", 1)[1]
+    table = compact_table("user", "demo case", "outcome", "reason code",
+                          title=f"What photo-sync did, per user (UPNs @{domain})")
     for state in sorted(asyncio.run(load()), key=lambda s: s.upn):
-        table.add_row(state.upn, describe(sim, state.upn), state.outcome, state.reason)
+        table.add_row(state.upn.rsplit("@", 1)[0], describe(sim, state.upn), state.outcome,
+                      state.reason_code)
     console.print(table)
 
 
 def show_sharepoint(sim: TenantSimulator) -> None:
-    table = Table(f"file in {sim.folder_path.lstrip('/')}", "pixels", "bytes", "written by",
-                  title="What SharePoint now holds")
+    """One row per user and trio of thumbnails (S, M, L) in the photos folder."""
+    owners = {key: u for u in sim.users() for key in (u.id.lower(), upn_stem(u.userPrincipalName))}
+    trios: dict[tuple[str, str], list[str]] = {}
+    writers: dict[tuple[str, str], set[str]] = {}
     for name, info in sorted(sim.files().items()):
-        size = f"{info.size[0]}x{info.size[1]}" if info.size else "not an image"
-        table.add_row(name, size, str(info.length),
-                      "SharePoint, earlier" if info.seeded else "photo-sync")
+        stem = name.rsplit("_", 1)[0]
+        owner = owners.get(stem.lower()) or owners.get(stem)
+        key = (short(owner) if owner else "?", "object id" if owner and stem.lower() == owner.id
+               else "UPN")
+        trios.setdefault(key, []).append(f"{info.size[0]}" if info.size else "not an image")
+        writers.setdefault(key, set()).add("SharePoint, earlier" if info.seeded else "photo-sync")
+    table = compact_table("user", "file named after", "pixels (S, M, L)", "written by",
+                          title=f"What {sim.folder_path.lstrip('/')} now holds")
+    for (user, naming), sizes in sorted(trios.items()):
+        table.add_row(user, naming, ", ".join(sorted(sizes, key=lambda s: (len(s), s))),
+                      ", ".join(sorted(writers[(user, naming)])))
     console.print(table)
 
 

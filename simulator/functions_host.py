@@ -1,7 +1,8 @@
 """A small stand-in for the Azure Functions host, for the demo and tests (Core Tools can't run here).
 
 It reads the trigger metadata that function_app.py declares, serves the HTTP routes on loopback with
-real `azure.functions.HttpRequest` objects (checking function keys like the host does), and runs a
+real `azure.functions.HttpRequest` objects (checking function and master keys per authorization
+level like the host does, route parameters included), and runs a
 queue worker that polls Azurite, decodes base64, retries with the host.json visibility timeout and
 moves a message to `<queue>-poison` after `maxDequeueCount`, as the Functions host would. A message
 sent with a visibility delay (a throttled sync scheduled again) is only received once the delay is
@@ -16,6 +17,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -73,6 +75,21 @@ class HttpRoute:
     auth_level: str
     function: Callable[[func.HttpRequest], Awaitable[func.HttpResponse]]
 
+    def match(self, path: str) -> dict[str, str] | None:
+        """The route parameters when `path` fits the template (`ops/{command}`), else None.
+        Constraints (`{id:int}`) and optional parameters are not modelled: the app uses none."""
+        pattern = re.sub(r"\\\{(\w+)[^}]*\\\}", lambda m: f"(?P<{m.group(1)}>[^/]+)",
+                         re.escape(self.route.strip("/")))
+        found = re.fullmatch(pattern, path, flags=re.IGNORECASE)
+        return found.groupdict() if found else None
+
+
+def reserved_route(route: str) -> bool:
+    """The Functions host refuses to load an HTTP function whose route starts with "admin" (its
+    own admin API lives there), whatever the route prefix: "The specified route conflicts with one
+    or more built in routes" (Azure/azure-functions-host issue #1781 and its ScriptHost tests)."""
+    return route.strip("/").lower().startswith("admin")
+
 
 def http_routes(app: func.FunctionApp) -> list[HttpRoute]:
     routes = []
@@ -89,11 +106,23 @@ def http_routes(app: func.FunctionApp) -> list[HttpRoute]:
 
 
 class LocalHttpHost:
-    """Serves `/api/<route>` on 127.0.0.1; FUNCTION-level routes need `code=` or x-functions-key."""
+    """Serves `/api/<route>` on 127.0.0.1; keys in `code=` or `x-functions-key`, as the host reads
+    them. Which key opens which authorization level (learn.microsoft.com/azure/azure-functions/
+    function-keys-how-to, "Authorization level" and "Understand keys"): `anonymous` needs none;
+    `function` a function key or a host key, the master key included; `admin` only the master key
+    (`_master`, "also grants access to functions with admin authorization level"). A wrong or
+    missing key is 401."""
 
-    def __init__(self, app: func.FunctionApp, function_key: str, port: int = 0) -> None:
-        self.routes = {r.route: r for r in http_routes(app)}
+    def __init__(self, app: func.FunctionApp, function_key: str, port: int = 0,
+                 master_key: str | None = None) -> None:
+        routes = http_routes(app)
+        for route in routes:
+            if reserved_route(route.route):
+                log.error("function %s: the specified route conflicts with one or more built in "
+                          "routes", route.name)
+        self.routes = [r for r in routes if not reserved_route(r.route)]
         self.function_key = function_key
+        self.master_key = master_key or secrets.token_urlsafe(32)
         host = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -126,16 +155,19 @@ class LocalHttpHost:
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
         parts = urlsplit(handler.path)
         params = dict(parse_qsl(parts.query, keep_blank_values=True))
-        route = self.routes.get(parts.path.removeprefix("/api/").strip("/"))
+        path = parts.path.removeprefix("/api/").strip("/")
+        found = [(r, p) for r in self.routes if (p := r.match(path)) is not None]
         length = int(handler.headers.get("Content-Length") or 0)
         body = handler.rfile.read(length) if length else b""
-        if route is None or handler.command not in route.methods:
+        if not found or handler.command not in found[0][0].methods:
             return _reply(handler, 404, b"", "text/plain")
-        key = handler.headers.get("x-functions-key") or params.get("code")
-        if route.auth_level != "anonymous" and key != self.function_key:
+        route, route_params = found[0]
+        if not self._authorized(route.auth_level,
+                                handler.headers.get("x-functions-key") or params.get("code")):
             return _reply(handler, 401, b"", "text/plain")
         request = func.HttpRequest(method=handler.command, url=f"{self.url}{handler.path}",
-                                   headers=dict(handler.headers.items()), params=params, body=body)
+                                   headers=dict(handler.headers.items()), params=params,
+                                   route_params=route_params, body=body)
         try:
             response = asyncio.run(route.function(request))
         except Exception:  # the real host answers 500 and logs; so do we
@@ -143,6 +175,13 @@ class LocalHttpHost:
             return _reply(handler, 500, b"", "text/plain")
         _reply(handler, response.status_code, response.get_body(),
                response.mimetype or "text/plain", response.headers)
+
+    def _authorized(self, level: str, key: str | None) -> bool:
+        if level == "anonymous":
+            return True
+        if level == "admin":
+            return key == self.master_key
+        return key in (self.function_key, self.master_key)
 
 
 def _reply(handler: BaseHTTPRequestHandler, status: int, body: bytes, content_type: str,
@@ -237,9 +276,9 @@ class LocalFunctionsHost:
     """HTTP routes plus a background worker for every queue trigger, like `func start` would run."""
 
     def __init__(self, app: func.FunctionApp, connection_string: str, function_key: str,
-                 port: int = 0, poll_interval: float = 0.1) -> None:
+                 port: int = 0, poll_interval: float = 0.1, master_key: str | None = None) -> None:
         self.app = app
-        self.http = LocalHttpHost(app, function_key, port)
+        self.http = LocalHttpHost(app, function_key, port, master_key)
         self.workers = [QueueWorker(app, connection_string, f.get_function_name())
                         for f in app_functions(app)
                         if f.get_trigger().get_binding_name() == "queueTrigger"]

@@ -20,6 +20,7 @@ from simulator.tenant import Tenant
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_TENANT = ROOT / "simulator" / "demo_tenant.json"
 FUNCTION_KEY = "test-function-key"
+MASTER_KEY = "test-master-key"
 
 
 @pytest.fixture(scope="session")
@@ -79,7 +80,8 @@ def functions_host(monkeypatch: pytest.MonkeyPatch, app_env: dict[str, str],
     monkeypatch.setenv("NOTIFICATION_URL", f"http://127.0.0.1:{port}/api/notifications")
     monkeypatch.setenv("LIFECYCLE_NOTIFICATION_URL", f"http://127.0.0.1:{port}/api/lifecycle")
     reset_process_caches()
-    host = LocalFunctionsHost(function_app.app, azurite.connection_string, FUNCTION_KEY, port=port)
+    host = LocalFunctionsHost(function_app.app, azurite.connection_string, FUNCTION_KEY, port=port,
+                              master_key=MASTER_KEY)
     host.start()
     try:
         yield host

@@ -76,7 +76,7 @@ def test_outcome_and_code_filters(mixed: dict[str, User]) -> None:
     assert [r["userId"] for r in only] == [mixed["needs_link"].id]
     two = read_csv(cli("status", "--csv", "--outcome", "failed,no_photo").stdout)
     assert {r["userId"] for r in two} == {mixed["failed"].id, mixed["no_photo"].id}
-    lines = cli("status", "--json", "--reason-code", "image_corrupt").stdout.splitlines()
+    lines = cli("status", "--output", "jsonl", "--reason-code", "image_corrupt").stdout.splitlines()
     assert [json.loads(line)["userId"] for line in lines] == [mixed["failed"].id]
     assert cli("status", "--csv", "--outcome", "skipped").stdout.strip() == \
         "\ufeff" + ",".join(EXPORT_COLUMNS)
@@ -122,9 +122,9 @@ def test_link_profiles_takes_a_csv_export_as_its_list(sim: TenantSimulator,
     writer.writerows(kept)
     export.write_text("\ufeff" + buffer.getvalue(), encoding="utf-8")
 
-    done = admin_cli("link-profiles", "--sign-in", "azure-cli", "--from", str(export), "--json")
+    done = admin_cli("link-profiles", "--sign-in", "azure-cli", "--from", str(export), "--output", "jsonl")
     assert done.returncode == 1, done.stderr  # one listed user was not waiting for a link
-    results = {json.loads(line)["user_id"]: json.loads(line) for line in done.stdout.splitlines()}
+    results = {json.loads(line)["userId"]: json.loads(line) for line in done.stdout.splitlines()}
     assert results[mixed["needs_link"].id]["linked"] is True
     assert not results[mixed["updated"].id]["linked"]
     assert "not waiting" in results[mixed["updated"].id]["reason"]

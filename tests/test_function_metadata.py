@@ -26,7 +26,7 @@ def trigger(name: str) -> dict[str, Any]:
 
 def test_every_function_is_declared() -> None:
     assert set(bindings()) == {"sync_photo", "sync_now", "health", "graph_webhook",
-                               "graph_lifecycle", "control", "reconcile", "verify"}
+                               "graph_lifecycle", "control", "reconcile", "ops", "verify"}
 
 
 def test_queue_triggers_read_the_queue_named_by_settings() -> None:
@@ -45,6 +45,16 @@ def test_manual_trigger_and_health_need_a_function_key_and_webhooks_do_not() -> 
         assert trigger(name)["route"] == route
         assert "anonymous" in str(trigger(name)["authLevel"]).lower()
         assert [m.upper().split(".")[-1] for m in trigger(name)["methods"]] == ["POST"]
+
+
+def test_admin_commands_need_the_master_key_on_a_route_the_host_accepts() -> None:
+    ops = trigger("ops")
+    assert ops["type"] == "httpTrigger" and ops["route"] == "ops/{command}"
+    assert "admin" in str(ops["authLevel"]).lower()
+    assert [m.upper().split(".")[-1] for m in ops["methods"]] == ["POST"]
+    # the host refuses to load any HTTP function whose route starts with "admin"
+    assert not any(str(b[0].get("route", "")).lower().startswith("admin")
+                   for b in bindings().values())
 
 
 def test_timer_reads_its_schedule_from_settings_and_never_runs_on_startup() -> None:

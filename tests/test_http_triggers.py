@@ -11,10 +11,23 @@ import pytest
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy
 
 import function_app
+from shared.handlers import get_settings
+from shared.state import StateStore, SubscriptionRecord, utc_now
 from simulator.core import TenantSimulator
 
 pytestmark = pytest.mark.usefixtures("app_env")
 USER = "6e7b768e-07e2-4810-8459-485f84f8f204"
+SUBSCRIPTION = "7f105c7d-2dc5-4530-97cd-4e7ae6534c07"
+
+
+def our_subscription(subscription_id: str = SUBSCRIPTION) -> str:
+    """Record `subscription_id` as the app's Graph subscription, as the timer does."""
+    async def save() -> None:
+        async with StateStore.from_settings(get_settings()) as state:
+            await state.save_subscription(SubscriptionRecord(subscription_id, utc_now(),
+                                                             "https://example.invalid/api/n"))
+    asyncio.run(save())
+    return subscription_id
 
 
 def call(function: Any, route: str, body: bytes | dict[str, Any] = b"",
@@ -137,16 +150,16 @@ def test_notifications_refused_when_client_state_is_not_configured(
 
 @pytest.mark.parametrize("event", ["reauthorizationRequired", "subscriptionRemoved", "missed"])
 def test_lifecycle_events_go_to_the_control_queue(app_env: dict[str, str], event: str) -> None:
-    item = {"subscriptionId": "sub-1", "clientState": app_env["GRAPH_CLIENT_STATE"],
+    item = {"subscriptionId": our_subscription(), "clientState": app_env["GRAPH_CLIENT_STATE"],
             "tenantId": app_env["AZURE_TENANT_ID"], "lifecycleEvent": event}
     response = call(function_app.graph_lifecycle, "lifecycle", {"value": [item]})
     assert response.status_code == 202
     assert queued(app_env, "-control") == [{"action": "lifecycle", "event": event,
-                                            "subscriptionId": "sub-1"}]
+                                            "subscriptionId": SUBSCRIPTION}]
 
 
 def test_lifecycle_with_wrong_client_state_does_nothing(app_env: dict[str, str]) -> None:
-    item = {"subscriptionId": "sub-1", "clientState": "nope-nope-nope-nope",
+    item = {"subscriptionId": our_subscription(), "clientState": "nope-nope-nope-nope",
             "lifecycleEvent": "subscriptionRemoved"}
     call(function_app.graph_lifecycle, "lifecycle", {"value": [item]})
     assert queued(app_env, "-control") == []

@@ -266,7 +266,7 @@ def test_deployed_settings_pass_the_apps_own_validation() -> None:
             env[name] = expressions[value]
         elif re.fullmatch(r"'[^'$]*'", value):
             env[name] = value[1:-1]
-        elif m := re.fullmatch(r"string\((\w+)\)|(includeGuests|enabledOnly)", value):
+        elif m := re.fullmatch(r"string\((\w+)\)|(includeGuests|enabledOnly|paused)", value):
             env[name] = main_defaults[m.group(1) or m.group(2)]  # int parameters; string flags
         elif "${baseUrl}" in value:
             env[name] = value.strip("'").replace("${baseUrl}", "https://func-photosync.azurewebsites.net")

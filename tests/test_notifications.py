@@ -68,10 +68,12 @@ def test_ids_that_are_not_object_ids_are_refused(bad: str) -> None:
 
 
 def test_lifecycle_events_are_recognised() -> None:
-    event = {"subscriptionId": "sub-1", "clientState": STATE, "tenantId": TENANT,
+    subscription = "7f105c7d-2dc5-4530-97cd-4e7ae6534c07"
+    event = {"subscriptionId": subscription.upper(), "clientState": STATE, "tenantId": TENANT,
              "lifecycleEvent": "reauthorizationRequired",
              "subscriptionExpirationDateTime": "2026-12-20T11:00:00Z"}
-    assert parse_notifications(body(event), STATE).lifecycle == [("reauthorizationRequired", "sub-1")]
+    assert parse_notifications(body(event), STATE).lifecycle == [("reauthorizationRequired",
+                                                                   subscription)]
 
 
 @pytest.mark.parametrize("raw", [b"{", b"[]", b'{"value": 3}', b"\xff\xfe"])

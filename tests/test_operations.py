@@ -53,18 +53,18 @@ def three_unlinked(sim: TenantSimulator) -> list:
 
 
 def test_link_profiles_as_an_administrator(sim: TenantSimulator, three_unlinked: list) -> None:
-    dry = admin_cli("link-profiles", "--sign-in", "azure-cli", "--dry-run", "--json")
+    dry = admin_cli("link-profiles", "--sign-in", "azure-cli", "--dry-run", "--output", "jsonl")
     assert dry.returncode == 0, dry.stderr
     assert len(dry.stdout.splitlines()) == len(three_unlinked)
     assert all(sim.profile(u.id)["PictureURL"] == "" for u in three_unlinked)
 
-    done = admin_cli("link-profiles", "--sign-in", "azure-cli", "--json")
+    done = admin_cli("link-profiles", "--sign-in", "azure-cli", "--output", "jsonl")
     assert done.returncode == 0, done.stderr
     for user in three_unlinked:
         assert sim.profile(user.id)["PictureURL"].endswith("_MThumb.jpg")
         assert sim.profile(user.id)["SPS-PicturePlaceholderState"] == "0"
         assert state_of(user).outcome == "updated"
-    again = admin_cli("link-profiles", "--sign-in", "azure-cli", "--json")
+    again = admin_cli("link-profiles", "--sign-in", "azure-cli", "--output", "jsonl")
     assert again.returncode == 0 and again.stdout == ""
 
 
@@ -72,11 +72,11 @@ def test_link_profiles_resumes_after_an_interruption(sim: TenantSimulator,
                                                      three_unlinked: list) -> None:
     first = three_unlinked[0]
     sim.inject_fault(host="admin", status=500, count=100, path_contains="SetSingleValue")
-    failed = admin_cli("link-profiles", "--sign-in", "azure-cli", "--json")
+    failed = admin_cli("link-profiles", "--sign-in", "azure-cli", "--output", "jsonl")
     assert failed.returncode == 1
     assert all(not json.loads(line)["linked"] for line in failed.stdout.splitlines())
     sim.clear_faults()
-    done = admin_cli("link-profiles", "--sign-in", "azure-cli", "--json")
+    done = admin_cli("link-profiles", "--sign-in", "azure-cli", "--output", "jsonl")
     assert done.returncode == 0
     assert len(done.stdout.splitlines()) == len(three_unlinked)
     assert sim.profile(first.id)["PictureURL"].endswith("_MThumb.jpg")
@@ -84,7 +84,7 @@ def test_link_profiles_resumes_after_an_interruption(sim: TenantSimulator,
 
 def test_an_app_only_identity_is_told_to_sign_in_as_an_administrator(
         sim: TenantSimulator, three_unlinked: list) -> None:
-    done = cli("link-profiles", "--sign-in", "azure-cli", "--json")  # stand-in az: app token
+    done = cli("link-profiles", "--sign-in", "azure-cli", "--output", "jsonl")  # stand-in az: app token
     assert done.returncode == 1
     assert "administrator" in json.loads(done.stdout.splitlines()[0])["reason"]
 

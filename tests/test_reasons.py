@@ -44,7 +44,7 @@ def test_codes_are_stable_identifiers_for_known_outcomes() -> None:
 def test_every_sync_result_carries_a_registered_code(sim: TenantSimulator) -> None:
     broken = next(u for u in sim.users() if u.photo and u.photo.kind == "png-alpha")
     sim.set_photo(broken.id, PhotoSpec(kind="zero"))
-    done = cli("sync", "--all", "--json")
+    done = cli("sync", "--all", "--output", "jsonl")
     results = [json.loads(line) for line in done.stdout.splitlines()]
     assert len(results) >= 8
     for result in results:
@@ -52,5 +52,5 @@ def test_every_sync_result_carries_a_registered_code(sim: TenantSimulator) -> No
         assert entry is not None and result["outcome"] in entry.outcomes, result
     by_user = {r["userId"]: r["reasonCode"] for r in results}
     assert by_user[broken.id] == "image_empty"
-    again = [json.loads(line) for line in cli("sync", "--all", "--json").stdout.splitlines()]
+    again = [json.loads(line) for line in cli("sync", "--all", "--output", "jsonl").stdout.splitlines()]
     assert {r["reasonCode"] for r in again if r["outcome"] == "unchanged"} == {"etag_unchanged"}

@@ -34,9 +34,9 @@ def test_message_round_trip() -> None:
 
 
 @pytest.mark.parametrize("body, message", [
-    (b"{", "not JSON"), (b"[]", "JSON object"), (b'{"reason": "manual"}', "non-empty string"),
-    (json.dumps({"userId": GUID, "reason": "because"}).encode(), "reason must be"),
-    (json.dumps({"userId": GUID, "force": "yes"}).encode(), "force must be"),
+    (b"{", "not JSON"), (b"[]", "JSON object"), (b'{"reason": "manual"}', "userId: is required"),
+    (json.dumps({"userId": GUID, "reason": "because"}).encode(), "reason: Input should be"),
+    (json.dumps({"userId": GUID, "force": "yes"}).encode(), "force: must be true or false"),
 ])
 def test_malformed_messages_say_what_is_wrong(body: bytes, message: str) -> None:
     with pytest.raises(InvalidMessage, match=message):
@@ -51,7 +51,7 @@ def test_sync_body_dedupes_users() -> None:
 @pytest.mark.parametrize("body, message", [
     (b"nope", "not JSON"), (b'{"users": []}', "non-empty list"),
     (b'{"users": ["a/b@c.com"]}', r"users\[0\]"), (b'{"all": true, "users": ["x@y.com"]}', "not both"),
-    (b'{"all": "yes"}', "true or false"), (b'{"everyone": true}', "unknown field"),
+    (b'{"all": "yes"}', "true or false"), (b'{"everyone": true}', "everyone: is not a known field"),
 ])
 def test_bad_sync_bodies_are_explained(body: bytes, message: str) -> None:
     with pytest.raises(InvalidMessage, match=message):

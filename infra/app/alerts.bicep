@@ -67,7 +67,7 @@ var rules = [
   {
     name: 'poison-messages'
     displayName: 'photo-sync: messages in the poison queue'
-    description: 'Messages are in ${syncQueueName}-poison or ${syncQueueName}-control-poison (the latest health record counts both), or a sync message failed its last attempt in the past hour and is going there. Look at the "sync message failed" records, fix the cause, then run `python -m shared replay-poison` (docs/troubleshooting.md).'
+    description: 'Messages are in ${syncQueueName}-poison or ${syncQueueName}-control-poison (the latest health record counts both), or a sync message failed its last attempt in the past hour and is going there. Look at the "sync message failed" records, fix the cause, then run `python -m shared replay-poison --app NAME` (docs/troubleshooting.md).'
     severity: 2
     evaluationFrequency: 'PT15M'
     windowSize: 'PT1H'
@@ -77,12 +77,12 @@ var rules = [
   {
     name: 'subscription'
     displayName: 'photo-sync: Graph subscription expiring or missing'
-    description: 'NOTIFICATION_URL is set but the Graph change-notification subscription is missing or expires within 24 hours (latest health record). The timer renews it; check the "timer run finished" records and `python -m shared subscription show`, then `python -m shared subscription ensure`.'
+    description: 'NOTIFICATION_URL is set but the Graph change-notification subscription is missing or expires within 24 hours (latest health record). The timer renews it; check the "timer run finished" records and `python -m shared subscription show`, then `python -m shared subscription ensure --app NAME`. Not raised while PHOTO_SYNC_PAUSED.'
     severity: 2
     evaluationFrequency: 'PT1H'
     windowSize: 'PT1H'
     queryTimeRange: lookBack
-    query: '${latestHealth} | where tostring(customDimensions.notification_url_set) =~ "true" | extend present = tostring(customDimensions.subscription_present) =~ "true", hours_left = todouble(customDimensions.subscription_hours_left) | where not(present) or hours_left < 24 | project timestamp, present, hours_left'
+    query: '${latestHealth} | where tostring(customDimensions.paused) !~ "true" and tostring(customDimensions.notification_url_set) =~ "true" | extend present = tostring(customDimensions.subscription_present) =~ "true", hours_left = todouble(customDimensions.subscription_hours_left) | where not(present) or hours_left < 24 | project timestamp, present, hours_left'
   }
   {
     name: 'reconcile-stale'
@@ -92,7 +92,7 @@ var rules = [
     evaluationFrequency: 'PT1H'
     windowSize: 'PT1H'
     queryTimeRange: lookBack
-    query: 'let first_health = toscalar(traces | where message == "photo-sync health" | summarize min(timestamp)); ${latestHealth} | extend hours = todouble(customDimensions.hours_since_reconcile_completed) | where hours > ${reconcileAlertAfterHours} or (hours < 0 and first_health < ago(${hours})) | project timestamp, hours_since_reconcile_completed = hours'
+    query: 'let first_health = toscalar(traces | where message == "photo-sync health" | summarize min(timestamp)); ${latestHealth} | where tostring(customDimensions.paused) !~ "true" | extend hours = todouble(customDimensions.hours_since_reconcile_completed) | where hours > ${reconcileAlertAfterHours} or (hours < 0 and first_health < ago(${hours})) | project timestamp, hours_since_reconcile_completed = hours'
   }
   {
     name: 'verify-stale'

@@ -34,6 +34,7 @@ param reconcileSchedule string
 // Strings, not bool: the app reads true/false, yes/no, on/off, 1/0 (see main.bicep).
 param includeGuests string = 'true'
 param enabledOnly string = 'true'
+param paused string = 'false'
 param includeGroups string = ''
 param excludeGroups string = ''
 
@@ -45,7 +46,17 @@ resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing
   name: applicationInsightsName
 }
 
+// Hardening that applies to Flex Consumption. Not set, because Flex Consumption deprecates them
+// (azure-docs articles/azure-functions/functions-app-settings.md, "Flex Consumption plan
+// deprecations"): ftpsState ("FTPS not supported"), alwaysOn, use32BitWorkerProcess,
+// functionAppScaleLimit, preWarmedInstanceCount, linuxFxVersion; tests/test_infra_templates.py keeps
+// them out. Each Checkov finding skipped below has its reason on its line; docs/security.md lists them.
 resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
+  //checkov:skip=CKV_AZURE_78:FTP/FTPS does not exist on Flex Consumption (ftpsState is a deprecated property there); basic publishing credentials are off below
+  //checkov:skip=CKV_AZURE_222:Microsoft Graph delivers change notifications from the internet to /api/notifications and /api/lifecycle
+  //checkov:skip=CKV_AZURE_17:Graph does not present a client certificate with notifications; clientState authenticates them, function keys the rest
+  //checkov:skip=CKV_AZURE_212:numberOfWorkers is an App Service plan setting; Flex Consumption scales per function and keeps an always-ready HTTP instance
+  //checkov:skip=CKV_AZURE_213:App Service health check is not available on Flex Consumption; GET /api/health and the alert rules watch the app
   name: name
   location: location
   tags: tags
@@ -59,6 +70,10 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
   properties: {
     serverFarmId: appServicePlanId
     httpsOnly: true
+    siteConfig: {
+      minTlsVersion: '1.2'
+      http20Enabled: true
+    }
     functionAppConfig: {
       deployment: {
         storage: {
@@ -132,6 +147,7 @@ var appSettings = {
   RECONCILE_SCHEDULE: reconcileSchedule
   SYNC_INCLUDE_GUESTS: includeGuests
   SYNC_ENABLED_ONLY: enabledOnly
+  PHOTO_SYNC_PAUSED: paused
   // Scale-out within the SharePoint budget: each process paces at the budget / max instances.
   PHOTO_SYNC_MAX_INSTANCES: string(maximumInstanceCount)
   SHAREPOINT_RU_PER_MINUTE: string(sharePointRuPerMinute)
@@ -141,12 +157,43 @@ var appSettings = {
   PROFILE_WRITE_PROBE_HOURS: string(profileWriteProbeHours)
   SYNC_INCLUDE_GROUPS: includeGroups
   SYNC_EXCLUDE_GROUPS: excludeGroups
+  // UPNs are redacted from log records; an operator sets 'true' in the portal to trace one user
+  // (docs/security.md). A redeploy puts it back to 'false'.
+  PHOTO_SYNC_LOG_UPNS: 'false'
 }
 
+// Checkov reads every Microsoft.Web/sites/config as the `web` config: these checks look for
+// properties that resource never has (they belong to siteConfig, logs or authsettings).
 resource configAppSettings 'Microsoft.Web/sites/config@2024-04-01' = {
+  //checkov:skip=CKV_AZURE_13:an appsettings resource, not authsettings; the webhooks must stay anonymous for Graph and the other routes need a function key
+  //checkov:skip=CKV_AZURE_63:an appsettings resource; HTTP logs are an App Service feature, the app logs to Application Insights
+  //checkov:skip=CKV_AZURE_65:an appsettings resource; detailed error pages are an App Service feature, off by default
+  //checkov:skip=CKV_AZURE_66:an appsettings resource; failed request tracing is an App Service feature, the app logs to Application Insights
+  //checkov:skip=CKV_AZURE_80:an appsettings resource; the app is Python, no .NET Framework version applies
+  //checkov:skip=CKV_AZURE_88:an appsettings resource; Flex Consumption deploys from a blob container, not Azure Files
+  //checkov:skip=CKV_AZURE_222:an appsettings resource; the site's public access is explained on functionApp
   parent: functionApp
   name: 'appsettings'
   properties: appSettings
+}
+
+// Basic (user name and password) publishing credentials off for FTP and the SCM site: azd and the
+// Azure CLI deploy with Microsoft Entra ID tokens (learn.microsoft.com/azure/app-service/
+// configure-basic-auth-disable).
+resource ftpPublishing 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
+  parent: functionApp
+  name: 'ftp'
+  properties: {
+    allow: false
+  }
+}
+
+resource scmPublishing 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
+  parent: functionApp
+  name: 'scm'
+  properties: {
+    allow: false
+  }
 }
 
 output name string = functionApp.name

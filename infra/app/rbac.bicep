@@ -24,7 +24,7 @@ param userIdentityPrincipalType string = 'User'
 var storageBlobDataOwner = 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b' // host: deployment package, timer locks
 var storageQueueDataContributor = '974c5e8b-45b9-4653-ba55-5f855dd0fb88' // sync and control queues
 var storageTableDataContributor = '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3' // state table
-var storageTableDataReader = '76199698-9eea-4c19-bc75-cec21354c6b6' // deploying user: read the state table
+var storageQueueDataReader = '19e7f393-937e-4f77-808e-94535e297925' // deploying user: queue depths
 var monitoringMetricsPublisher = '3913510d-42f4-4e42-8a64-420c390055eb' // App Insights with Entra auth
 
 var identityStorageRoles = [
@@ -32,10 +32,17 @@ var identityStorageRoles = [
   storageQueueDataContributor
   storageTableDataContributor
 ]
-// The deploying user may read the state table and inspect or move poison messages; no blob access.
+// The deploying user runs the runbooks of docs/operations.md ("Who runs what"; tests/test_runbooks.py
+// checks each documented command against these roles). Commands that write as the app
+// (subscription ensure, reconcile, counters rebuild, replay-poison) run inside the app with
+// `--app NAME` and need no data role here, only the master key (the deployer's own role on the app).
+// - Storage Table Data Contributor: `status` reads the state table; `link-profiles`, run as a
+//   SharePoint administrator, records each profile it links there.
+// - Storage Queue Data Reader: `status` and `replay-poison --dry-run` read queue depths.
+// No blob access, no queue writes.
 var userStorageRoles = [
-  storageQueueDataContributor
-  storageTableDataReader
+  storageTableDataContributor
+  storageQueueDataReader
 ]
 
 resource storageAccount 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
