@@ -22,6 +22,7 @@ from shared.thumbnails import make_thumbnails
 from simulator.core import TenantSimulator
 from simulator.images import PhotoSpec, render
 from simulator.tenant import User
+from tests.test_admin import deployed  # noqa: F401 (fixture)
 from tests.test_cli import ROOT, cli
 
 pytestmark = pytest.mark.usefixtures("app_env")
@@ -225,3 +226,24 @@ def test_the_daily_verify_feeds_status_health_and_the_two_runs_in_a_row_alert(
     sim.reset_counters()
     assert asyncio.run(handlers.handle_verify_timer()) == {"skipped": "VERIFY_SAMPLE is 0"}
     assert not any(sim.requests[host] for host in ("mysite", "admin"))
+
+
+def test_verify_inside_the_deployed_app_gives_the_local_report(
+        sim: TenantSimulator, deployed: str) -> None:
+    sync_everyone()
+    overwrite(sim, user(sim, "alex"), "M", "#000000", 72)
+    local = cli("verify", "--output", "json")
+    remote = cli("verify", "--output", "json", "--app", deployed)
+    assert local.returncode == remote.returncode == 1, remote.stderr  # alex is stale
+    here, there = json.loads(local.stdout), json.loads(remote.stdout)
+    assert there["identityKind"] == "app" and there["app"] == deployed
+    assert {u["userId"]: u["state"] for u in here["users"]} == \
+        {u["userId"]: u["state"] for u in there["users"]}
+    assert here["counts"] == there["counts"] and there["counts"]["stale"] == 1
+    as_csv = cli("verify", "--app", deployed, "--output", "csv", upn(sim, "adele"))
+    assert as_csv.returncode == 0, as_csv.stderr
+    assert as_csv.stdout.lstrip("\ufeff").splitlines()[0] == "userId,upn,state,detail"
+    table = cli("verify", "--app", deployed, upn(sim, "adele"))
+    assert table.stdout.startswith("Ran as app ") and "current" in table.stdout
+    bad = cli("verify", "--app", deployed, "--all", upn(sim, "adele"))
+    assert bad.returncode == 2 and "not both" in bad.stderr
