@@ -111,8 +111,9 @@ class VerifyReport:
 
 def sample_key(user_id: str) -> int:
     """The deterministic sample's order: the users with the smallest hash of their object id, so
-    two runs look at the same people and a sample is spread over the whole directory."""
-    return int.from_bytes(hashlib.sha256(user_id.lower().encode()).digest()[:8], "big")
+    two runs look at the same people and a sample is spread over the whole directory (the same
+    order as preflight's survey: SHA-256 of the lowercase id)."""
+    return int.from_bytes(hashlib.sha256(user_id.lower().encode()).digest(), "big")
 
 
 async def smallest(users: AsyncIterator[DirectoryUser], size: int) -> tuple[list[DirectoryUser], int]:
