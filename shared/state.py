@@ -294,14 +294,19 @@ class StateStore:
                                          mode=UpdateMode.REPLACE)
         return record
 
-    async def oldest_waiting(self) -> datetime | None:
-        """The earliest `waiting_since` of the users waiting for a profile link (a filtered
-        scan of the users' partition, reading one column: call it when some user waits)."""
-        oldest: datetime | None = None
+    async def waiting_users(self) -> AsyncIterator[tuple[str, datetime | None]]:
+        """(object id, waiting since) of each user waiting for a profile link: a filtered scan
+        of the users' partition reading two columns (call it when the counters say someone
+        waits). Rows written before `waiting_since` existed give their last save's time."""
         rows = self._rows(f"PartitionKey eq '{USER_PARTITION}' and outcome eq 'needs_profile_link'",
                           select=["RowKey", "waiting_since", "updated_at"], results_per_page=1000)
         async for entity in rows:
-            since = entity.get("waiting_since") or entity.get("updated_at")
+            yield entity["RowKey"], entity.get("waiting_since") or entity.get("updated_at")
+
+    async def oldest_waiting(self) -> datetime | None:
+        """The earliest `waiting_since` of the users waiting for a profile link."""
+        oldest: datetime | None = None
+        async for _user_id, since in self.waiting_users():
             if since is not None and (oldest is None or since < oldest):
                 oldest = since
         return oldest
