@@ -28,7 +28,7 @@ from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
-from . import __version__, admin, operations, reasons, remote
+from . import __version__, admin, operations, reasons, remote, telemetry
 from . import verify as verify_module
 from .credentials import CachingCredential
 from .graph import GraphError
@@ -101,9 +101,11 @@ def _log_requests(verbose: bool) -> None:
     """--verbose: Graph, SharePoint and the admin endpoint through httpx (one line per request:
     method, URL, status), storage through the Azure SDK's logging policy (request and response
     headers, with Authorization and signatures redacted by the SDK). httpx never logs headers,
-    so no token or key reaches the log."""
+    so no token or key reaches the log. UPNs in URLs read `<redacted>@domain` unless the settings
+    say PHOTO_SYNC_LOG_UPNS=true (docs/security.md)."""
     if not verbose:
         return
+    telemetry.protect_upns_in_logs()  # get_settings() applies PHOTO_SYNC_LOG_UPNS, when it runs
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.INFO)
     logging.getLogger("photo_sync.remote").setLevel(logging.DEBUG)

@@ -132,8 +132,8 @@ def test_damaged_counters_are_reset_from_a_scan() -> None:
                                        mode=UpdateMode.MERGE)
 
     asyncio.run(damage())
-    assert json.loads(cli("counters").stdout)["outcomes"] == {"failed": 7, "updated": 1}
+    assert json.loads(cli("counters", "--output", "json").stdout)["outcomes"] == {"failed": 7, "updated": 1}
     assert cli("counters", "verify").returncode == 1
     assert cli("counters", "rebuild", "--reset").returncode == 0
     assert cli("counters", "verify").returncode == 0
-    assert json.loads(cli("counters").stdout)["outcomes"] == {"updated": 1}
+    assert json.loads(cli("counters", "--output", "json").stdout)["outcomes"] == {"updated": 1}
