@@ -13,7 +13,7 @@ import csv
 import io
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
@@ -32,6 +32,7 @@ from .sharepoint import ProfileWriteRefused, SharePointError, SharePointProfiles
 from .state import StateStore, UserState, VerifyRecord, table_client, utc_now
 
 NEEDS_LINK = "needs_profile_link"
+WAITING_RESCAN = timedelta(minutes=15)  # how often the health record looks for the oldest wait
 # shared/verify.py's states (that module sits above this one): the health record's verify_* fields
 VERIFY_STATES = ("current", "pending", "stale", "not_linked", "broken_link", "wrong_size",
                  "no_photo", "error")
@@ -61,7 +62,7 @@ async def tenant_summary(settings: Settings) -> dict[str, Any]:
         cursor = await store.get_cursor()
         subscription = await store.get_subscription()
         verified = await store.get_verify()
-        oldest_wait = await store.get_waiting()
+        oldest_wait, _checked = await store.get_waiting() or (None, None)
         table_exists = not store.table_missing  # reads never create it (Table Data Reader suffices)
     waiting = counts.outcomes.get(NEEDS_LINK, 0)
     queues = await asyncio.gather(*(queue_depth(settings, name) for name in _queue_names(settings)))
@@ -91,8 +92,9 @@ def _queue_names(settings: Settings) -> tuple[str, ...]:
 
 async def health_figures(settings: Settings) -> dict[str, Any]:
     """The figures of the timer's "photo-sync health" record (alert rules read them). Finds the
-    oldest wait for a profile link (a scan of the waiting users, only when someone waits) and
-    remembers it for status and /api/health."""
+    oldest wait for a profile link (a scan of the waiting users, only when someone waits, at most
+    every WAITING_RESCAN however often the timer runs) and remembers it for status and
+    /api/health."""
     now = utc_now()
     counts = await outcome_counts(settings)
     waiting = counts.outcomes.get(NEEDS_LINK, 0)
@@ -100,9 +102,13 @@ async def health_figures(settings: Settings) -> dict[str, Any]:
         cursor = await store.get_cursor()
         subscription = await store.get_subscription()
         verified = await store.get_verify()
-        oldest_wait = await store.oldest_waiting() if waiting else None
-        if waiting or await store.get_waiting():
-            await store.save_waiting(oldest_wait)
+        saved = await store.get_waiting()
+        if waiting and saved and now - saved[1] < WAITING_RESCAN:
+            oldest_wait = saved[0]
+        else:
+            oldest_wait = await store.oldest_waiting() if waiting else None
+            if waiting or (saved and saved[0]):
+                await store.save_waiting(oldest_wait)
     poison = await asyncio.gather(queue_depth(settings, settings.poison_queue_name),
                                   queue_depth(settings, f"{settings.queue_name}-control-poison"))
     completed = cursor.last_completed_at

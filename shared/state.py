@@ -311,10 +311,11 @@ class StateStore:
                 oldest = since
         return oldest
 
-    async def get_waiting(self) -> datetime | None:
-        """The oldest wait for a profile link as the timer last found it (None: nobody waited)."""
+    async def get_waiting(self) -> tuple[datetime | None, datetime] | None:
+        """The oldest wait for a profile link as the timer last found it (None: nobody waited),
+        and when it looked; None when it never looked."""
         entity = await self._control("waiting")
-        return entity.get("oldest_waiting_since") if entity else None
+        return (entity.get("oldest_waiting_since"), entity["checked_at"]) if entity else None
 
     async def save_waiting(self, oldest: datetime | None) -> None:
         """Remember the oldest wait, so status and /api/health show it without a scan."""
