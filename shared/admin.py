@@ -14,7 +14,6 @@ what"). So writing commands refuse to run locally as a user against a deployed a
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +24,7 @@ from azure.core.exceptions import AzureError
 
 from . import counters, operations, subscriptions
 from .handlers import UNPAUSE_HINT, get_credential, run_reconcile
-from .inputs import InvalidMessage
+from .inputs import MAX_SYNC_BODY_BYTES, InputTooLarge, InvalidMessage, load_json
 from .settings import Settings
 from .state import table_client
 from .sync import open_context
@@ -155,6 +154,8 @@ async def replay_poison_command(settings: Settings, options: dict[str, Any]) -> 
     return {"messages": moved, "dryRun": dry_run}
 
 
+# One line per command. Commands built elsewhere register the same way, e.g.
+#   register("preflight", preflight_command, writes=lambda o: bool(o.get("write_test")))
 register("subscription", subscription_command, writes=lambda o: o.get("action") in ("ensure", "delete"))
 # a dry run queues nothing but still takes the reconciliation lease in the state table
 register("reconcile", reconcile_command, writes=True)
@@ -234,8 +235,11 @@ async def run_command(name: str, settings: Settings, options: dict[str, Any], *,
 
 async def handle_admin_request(name: str, body: bytes, settings: Settings) -> tuple[int, dict[str, Any]]:
     """POST /api/ops/{command}: the body is the command's options as a JSON object."""
-    try:
-        options = json.loads(body or b"{}")
-    except (ValueError, UnicodeDecodeError):
-        return 400, {"error": "the body is not JSON: send the command's options as an object"}
+    try:  # size and nesting limited like every external input (docs/reliability.md)
+        options = load_json(body or b"{}", limit=MAX_SYNC_BODY_BYTES)
+    except InputTooLarge as error:
+        return 413, {"error": str(error)}
+    except InvalidMessage as error:
+        return 400, {"error": f"the body is not usable JSON ({error}): send the command's "
+                              "options as an object"}
     return await run_command(name, settings, options)

@@ -62,8 +62,8 @@ log = logging.getLogger("photo_sync")
 
 DIRECT_NOTIFICATION_LIMIT = 20  # up to this many users per notification POST are queued directly
 RESCHEDULE_JITTER = 0.1
-# Graph wants a webhook's answer within 3 s: storing its messages (and, for lifecycle events, reading
-# the subscription record) gets this long; what is stored by then counts (see _store).
+# Graph wants a webhook's answer within 3 s: storing its messages (and, for lifecycle events,
+# reading the subscription record) gets this long; what is stored by then counts (see _store).
 WEBHOOK_STORE_SECONDS = 2.0
 # While PHOTO_SYNC_PAUSED, a sync message that still arrives comes back after this long (it is
 # queued again, never failed: a long pause poisons nobody and loses nothing).
@@ -322,7 +322,8 @@ async def handle_lifecycle(params: dict[str, str], body: bytes) -> Answer:
     settings = get_settings()
     deadline = time.monotonic() + WEBHOOK_STORE_SECONDS
     try:
-        async with asyncio.timeout(WEBHOOK_STORE_SECONDS), StateStore.from_settings(settings) as state:
+        async with asyncio.timeout(WEBHOOK_STORE_SECONDS), \
+                StateStore.from_settings(settings) as state:
             record = await state.get_subscription()
     except (AzureError, TimeoutError) as error:
         log.error("could not read the subscription record: %s", type(error).__name__)

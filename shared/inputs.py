@@ -32,9 +32,9 @@ MAX_NOTIFICATION_BYTES = 4 * 1024 * 1024
 MAX_SYNC_BODY_BYTES = 1024 * 1024
 MAX_QUEUE_MESSAGE_BYTES = 64 * 1024  # Azure Storage's limit for one message, as stored (base64)
 MAX_USER_KEY_LENGTH = 256
-MAX_UPN_PREFIX_LENGTH = 113  # Entra ID: 64 for members; a guest's prefix carries its mail and #EXT#
+MAX_UPN_PREFIX_LENGTH = 113  # as in the first UPN pattern; the whole key: MAX_USER_KEY_LENGTH
 MAX_VALIDATION_TOKEN_LENGTH = 1024
-MAX_CLIENT_STATE_LENGTH = 255  # Graph's documented maximum for clientState
+MAX_CLIENT_STATE_LENGTH = 128  # Graph allows 128 (subscription resource); so does GRAPH_CLIENT_STATE
 MAX_USERS_PER_REQUEST = 10_000
 NOTIFIED_CHUNK = 500  # object ids per control message: about 27 kB of the 64 KiB, base64 included
 
@@ -47,7 +47,8 @@ _GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 # A UPN: a prefix without characters that could steer a URL, '@', a DNS domain. Apostrophes, '#'
 # (guests' #EXT#) and non-ASCII letters are legal in Entra ID UPNs and must pass. Always fullmatch:
 # `$` would also match before a final newline.
-_UPN = re.compile(r"[^\s/\\?%\"<>|:*@]{1," + str(MAX_UPN_PREFIX_LENGTH) + r"}@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+_UPN = re.compile(r"[^\s/\\?%\"<>|:*@]{1," + str(MAX_UPN_PREFIX_LENGTH) + r"}"
+                  r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 _USER_RESOURCE = re.compile(r"/?users/([^/]+)", re.IGNORECASE)
 # Control (Cc), format (Cf: zero-width, bidi overrides), surrogate (Cs), private use, unassigned,
 # and every separator (Z*): none is part of an object id, a UPN or a token Graph sends.
@@ -85,7 +86,8 @@ def _depth_within(value: Any, limit: int) -> bool:
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         node, depth = stack.pop()
-        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        children = node.values() if isinstance(node, dict) else \
+            node if isinstance(node, list) else ()
         for child in children:
             if isinstance(child, (dict, list)):
                 if depth >= limit:
@@ -182,7 +184,8 @@ class SyncNowBody(_Strict):
 
     model_config = ConfigDict(extra="forbid")  # a typo ("user") must not silently do nothing
 
-    users: Annotated[list[UserKey], Field(min_length=1, max_length=MAX_USERS_PER_REQUEST)] | None = None
+    users: Annotated[list[UserKey],
+                     Field(min_length=1, max_length=MAX_USERS_PER_REQUEST)] | None = None
     all: bool = False
     force: bool = False
 
@@ -302,7 +305,8 @@ def parse_control_message(body: bytes | str) -> ControlMessage:
 def parse_sync_now(body: bytes) -> SyncNowBody:
     value = load_json(body or b"null", limit=MAX_SYNC_BODY_BYTES)
     if not isinstance(value, dict):
-        raise InvalidMessage("the body must be a JSON object: {\"users\": [...]} or {\"all\": true}")
+        raise InvalidMessage("the body must be a JSON object: "
+                             "{\"users\": [...]} or {\"all\": true}")
     return validate(SyncNowBody, value)
 
 

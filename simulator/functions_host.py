@@ -156,10 +156,11 @@ class LocalHttpHost:
         parts = urlsplit(handler.path)
         params = dict(parse_qsl(parts.query, keep_blank_values=True))
         path = parts.path.removeprefix("/api/").strip("/")
-        found = [(r, p) for r in self.routes if (p := r.match(path)) is not None]
+        found = [(r, p) for r in self.routes
+                 if handler.command in r.methods and (p := r.match(path)) is not None]
         length = int(handler.headers.get("Content-Length") or 0)
         body = handler.rfile.read(length) if length else b""
-        if not found or handler.command not in found[0][0].methods:
+        if not found:
             return _reply(handler, 404, b"", "text/plain")
         route, route_params = found[0]
         if not self._authorized(route.auth_level,

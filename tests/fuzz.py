@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.fuzz", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tests.fuzz",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--inputs", type=int, default=10_000, help="total, shared by the five "
                         "functions (default 10,000)")
     parser.add_argument("--show", type=int, default=10, help="problems to print (default 10)")
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         reset_process_caches()
         harness = Harness(env, sim)
         try:
+            harness.warm_up()
             for name in FUNCTIONS:
                 run(harness, name, per_function)
         finally:

@@ -302,3 +302,12 @@ def test_a_stall_after_some_messages_were_stored_is_a_202(
     stored = queued(app_env)  # read from Azurite directly
     assert 1 <= len(stored) < len(users)
     assert "queued only part of the notified users" in caplog.text
+
+
+@pytest.mark.parametrize("body, status", [(NESTED, 400), (b"{" + b" " * (1024 * 1024) + b"}", 413)])
+def test_the_ops_endpoint_parses_its_options_like_every_other_input(
+        app_env: dict[str, str], body: bytes, status: int) -> None:
+    request = func.HttpRequest(method="POST", url="http://localhost/api/ops/counters", body=body,
+                               route_params={"command": "counters"})
+    response = asyncio.run(function_app.ops(request))
+    assert response.status_code == status and "error" in json.loads(response.get_body())
