@@ -34,7 +34,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench import scale
+from bench import multigeo, scale
 from bench import verify as verify_bench
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,7 +118,8 @@ def graph_requests(counters: dict[str, dict[str, int]]) -> int:
 
 
 def sharepoint_requests(counters: dict[str, dict[str, int]]) -> int:
-    return sum(counters.get("mysite", {}).values()) + sum(counters.get("admin", {}).values())
+    """Requests every My Site and admin host received (a Multi-Geo tenant has one pair per geo)."""
+    return sum(sum(c.values()) for host, c in counters.items() if host != "graph")
 
 
 def machine() -> dict[str, str]:
@@ -761,6 +762,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--placeholder-users", type=int, default=1_000,
                         help="placeholder users of the refused-profile-writes scenario (0 skips "
                              "it; default 1000)")
+    parser.add_argument("--multigeo-users", type=int, default=3_000,
+                        help="tenant size of the three-geo scenario (0 skips it; default 3000)")
     parser.add_argument("--json", metavar="PATH", help="also write every figure as JSON")
     args = parser.parse_args(argv)
     args.size_list = [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
@@ -783,7 +786,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     thumbs = thumbnail_cost(args.thumbnail_runs)
     results = []
-    initial = verified = refused = None
+    initial = geos = verified = refused = None
     with Azurite() as azurite:
         for n in args.size_list:
             results.append(run_size(n, azurite, args))
@@ -793,19 +796,25 @@ def main(argv: list[str] | None = None) -> int:
             verified = verify_bench.verify_sample(azurite, args, console)
         if args.placeholder_users:
             refused = verify_bench.refused_writes(azurite, args, console)
+        if args.multigeo_users:
+            geos = multigeo.multigeo(azurite, args, console)
     if results:
         print_tables(results, thumbs, args)
     scale.print_scale_tables(results, initial, args, console)
+    if geos:
+        multigeo.print_multigeo(geos, console)
     console.print(f"total bench time {time.perf_counter() - started:.0f} s")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(
             {"machine": info, "args": {k: v for k, v in vars(args).items()},
              "thumbnails": thumbs, "sizes": [r.__dict__ for r in results],
-             "initial_sync": initial, "verify": verified, "refused_writes": refused},
-            indent=2, default=str))
+             "initial_sync": initial, "multi_geo": geos, "verify": verified,
+             "refused_writes": refused}, indent=2, default=str))
     if initial:
         print(scale.initial_sync_line(initial), flush=True)
+    if geos:
+        print(multigeo.multigeo_line(geos), flush=True)
     if verified:
         print(verify_bench.verify_line(verified), flush=True)
     if refused:

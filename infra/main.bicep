@@ -124,6 +124,9 @@ param excludeGroups string = ''
 @description('Microsoft Graph endpoint (GRAPH_BASE_URL); change only for national clouds.')
 param graphBaseUrl string = 'https://graph.microsoft.com/v1.0'
 
+@description('Multi-Geo tenants: the satellite geos as CODE=MySiteUrl[|AdminUrl], comma-separated, e.g. EUR=https://contosoeur-my.sharepoint.com,APC=https://contosoapc-my.sharepoint.com (SHAREPOINT_GEOS). Empty: discovered with Graph Sites.Read.All, else single-geo.')
+param sharepointGeos string = ''
+
 @description('Override of the photos folder on the My Site host, e.g. User Photos/Profilbilder (SHAREPOINT_PHOTOS_FOLDER). Empty: learned from linked profiles or the User Photos library.')
 param photosFolder string = ''
 
@@ -396,6 +399,7 @@ module api './app/api.bicep' = {
     sharePointMySiteUrl: sharePointMySiteUrl
     sharePointAdminUrl: sharePointAdminUrl
     photosFolder: photosFolder
+    sharepointGeos: sharepointGeos
     thumbnailNaming: thumbnailNaming
     organisation: organisation
     graphClientState: graphClientState

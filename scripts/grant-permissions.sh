@@ -11,8 +11,9 @@ GRAPH_URL="${GRAPH_URL:-https://graph.microsoft.com}"
 
 usage() {
     cat <<USAGE
-Usage: $(basename "$0") [--principal-id ID] [--mysite-url URL] [--full-control | --skip-site-grant]
-       [--groups] [--profile-writes | --revoke-profile-writes] [--dry-run]
+Usage: $(basename "$0") [--principal-id ID] [--mysite-url URL] [--geos GEOS]
+       [--full-control | --skip-site-grant] [--groups] [--profile-writes | --revoke-profile-writes]
+       [--dry-run]
 
 Grants the managed identity's service principal:
   Microsoft Graph  User.Read.All          list and read users; change notifications on users
@@ -30,6 +31,10 @@ Options:
                      (default: azd env value PHOTO_SYNC_IDENTITY_PRINCIPAL_ID)
   --mysite-url URL   My Site host, e.g. https://contoso-my.sharepoint.com
                      (default: azd env value SHAREPOINT_MYSITE_URL)
+  --geos GEOS        Multi-Geo tenants: the other geos' My Site hosts, as in SHAREPOINT_GEOS
+                     (EUR=https://contosoeur-my.sharepoint.com,APC=...); with Sites.Selected each
+                     geo's My Site host gets its own 'write' grant (default: azd env value
+                     SHAREPOINT_GEOS)
   --full-control     grant SharePoint Sites.FullControl.All instead of Sites.Selected + site grant
   --skip-site-grant  do not look at the My Site host's site grant: a SharePoint administrator made
                      it by hand (the fallback below); the app roles are still checked and granted
@@ -57,6 +62,7 @@ USAGE
 
 principal_id=""
 mysite_url=""
+geos=""
 full_control=false
 skip_site_grant=false
 groups=false
@@ -67,6 +73,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --principal-id) principal_id="${2:?--principal-id needs a value}"; shift 2 ;;
         --mysite-url) mysite_url="${2:?--mysite-url needs a value}"; shift 2 ;;
+        --geos) geos="${2:?--geos needs a value}"; shift 2 ;;
         --full-control) full_control=true; shift ;;
         --skip-site-grant) skip_site_grant=true; shift ;;
         --groups) groups=true; shift ;;
@@ -91,6 +98,7 @@ if ! command -v az >/dev/null 2>&1; then
 fi
 [ -n "$principal_id" ] || principal_id="$(azd_value PHOTO_SYNC_IDENTITY_PRINCIPAL_ID)"
 [ -n "$mysite_url" ] || mysite_url="$(azd_value SHAREPOINT_MYSITE_URL)"
+[ -n "$geos" ] || geos="$(azd_value SHAREPOINT_GEOS)"
 if [ -z "$principal_id" ]; then
     echo "No service principal: pass --principal-id (the identity's principal/object id)" >&2
     exit 2
@@ -115,6 +123,22 @@ if ! $full_control && ! $skip_site_grant && [ -z "$mysite_url" ]; then
 fi
 mysite_host="${mysite_url#https://}"
 mysite_host="${mysite_host%%/*}"
+# Every geo's My Site host (Multi-Geo: each geo has its own, sp-dev-docs multigeo-discovery.md)
+mysite_hosts="$mysite_host"
+IFS=',' read -r -a geo_entries <<< "$geos"
+for entry in "${geo_entries[@]}"; do
+    url="${entry#*=}"
+    url="${url%%|*}"
+    url="$(printf '%s' "$url" | tr -d '[:space:]')"
+    [ -n "$url" ] || continue
+    if [ "$url" = "$entry" ] || [ "${url#https://}" = "$url" ]; then
+        echo "--geos: '$entry' is not CODE=https://<tenant><geo>-my.sharepoint.com" >&2
+        exit 2
+    fi
+    host="${url#https://}"
+    host="${host%%/*}"
+    case " $mysite_hosts " in *" $host "*) ;; *) mysite_hosts="$mysite_hosts $host" ;; esac
+done
 
 graph() {
     # graph METHOD PATH [extra az rest arguments...]
@@ -282,7 +306,9 @@ else
     if $skip_site_grant; then
         say "  - site grant: skipped (--skip-site-grant: made by a SharePoint administrator)"
     else
-        grant_site_write
+        for mysite_host in $mysite_hosts; do
+            grant_site_write
+        done
     fi
 fi
 

@@ -476,6 +476,9 @@ def _print_summary(summary: dict[str, object], as_json: bool) -> None:
     codes = summary.get("reasons")
     if isinstance(codes, dict) and codes:
         console.print("by reason code: " + ", ".join(f"{code} {n}" for code, n in codes.items()))
+    geos = summary.get("geos")
+    if isinstance(geos, dict) and geos:
+        console.print("by geo: " + ", ".join(f"{geo} {n}" for geo, n in geos.items()))
     if summary.get("counters") == "scan":
         console.print("[yellow]figures from a scan of every user[/]: run `python -m shared "
                       "counters rebuild --app NAME` once to count the users written by an "

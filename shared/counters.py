@@ -11,6 +11,9 @@ moves one unit between two columns of one counter shard in a single entity-group
 - many workers at once spread over SHARDS rows picked at random, so they rarely collide on one;
   a collision is a cheap retry.
 
+Multi-Geo tenants: a row with a `geo` counts it too ("outcome|code|geo", column `g_<geo>`), so
+`status` and the health record give users per geo at the same cost.
+
 Reading is one range query over SHARDS+1 rows, whatever the number of users. A table written by a
 version without counters has rows without `counted`; `rebuild` counts each of those (safe while the
 app runs) and marks the counters ready; until then readers fall back to a scan.
@@ -57,6 +60,7 @@ class CounterConflict(RuntimeError):
 class Counts:
     outcomes: dict[str, int] = field(default_factory=dict)
     reasons: dict[str, int] = field(default_factory=dict)
+    geos: dict[str, int] = field(default_factory=dict)  # Multi-Geo: users per geo key
     ready: bool = False          # False: figures come from a scan, not from the counters
     uncounted: int = 0           # rows a scan found without `counted`
 
@@ -66,12 +70,20 @@ class Counts:
 
 
 def counted_key(entity: dict[str, Any]) -> str:
-    return f"{entity.get('outcome') or PENDING}|{entity.get('reason_code') or ''}"
+    key = f"{entity.get('outcome') or PENDING}|{entity.get('reason_code') or ''}"
+    return f"{key}|{entity['geo']}" if entity.get("geo") else key
+
+
+def _parts(key: str) -> tuple[str, str, str]:
+    """outcome, reason code and geo of a counted key ("outcome|code" before geos were counted)."""
+    outcome, _, rest = key.partition("|")
+    code, _, geo = rest.partition("|")
+    return outcome, code, geo
 
 
 def _columns(key: str) -> list[str]:
-    outcome, _, code = key.partition("|")
-    return [f"o_{outcome}"] + ([f"r_{code}"] if code else [])
+    outcome, code, geo = _parts(key)
+    return [f"o_{outcome}"] + ([f"r_{code}"] if code else []) + ([f"g_{geo}"] if geo else [])
 
 
 async def _get(client: TableClient, row: str) -> TableEntity | None:
@@ -103,7 +115,8 @@ async def _transition(client: TableClient, row: str,
         if old != new:
             shard_row = f"{PREFIX}{random.randrange(SHARDS):02d}"
             shard = await _get(client, shard_row)
-            values = {k: v for k, v in (shard or {}).items() if k.startswith(("o_", "r_"))}
+            values = {k: v for k, v in (shard or {}).items()
+                      if k.startswith(("o_", "r_", "g_"))}
             for column in _columns(old) if old else []:
                 values[column] = int(values.get(column, 0)) - 1
             for column in _columns(new):
@@ -144,6 +157,7 @@ async def read(client: TableClient) -> Counts:
     counts = Counts()
     outcomes: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
+    geos: Counter[str] = Counter()
     try:
         async for entity in client.query_entities(_COUNTER_ROWS):
             if entity["RowKey"] == META_ROW:
@@ -154,10 +168,13 @@ async def read(client: TableClient) -> Counts:
                     outcomes[name[2:]] += int(value)
                 elif name.startswith("r_"):
                     reasons[name[2:]] += int(value)
+                elif name.startswith("g_"):
+                    geos[name[2:]] += int(value)
     except ResourceNotFoundError:  # no table yet: nothing was ever synced
         pass
     counts.outcomes = {k: v for k, v in sorted(outcomes.items()) if v}
     counts.reasons = {k: v for k, v in sorted(reasons.items()) if v}
+    counts.geos = {k: v for k, v in sorted(geos.items()) if v}
     return counts
 
 
@@ -165,19 +182,23 @@ async def scan(client: TableClient) -> Counts:
     """The same figures from every user row (O(users)): the fallback and the check."""
     outcomes: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
+    geos: Counter[str] = Counter()
     uncounted = 0
     try:
-        rows = client.query_entities(USER_ROWS, select=["RowKey", "outcome", "reason_code",
+        rows = client.query_entities(USER_ROWS, select=["RowKey", "outcome", "reason_code", "geo",
                                                         COUNTED], results_per_page=1000)
         async for entity in rows:
-            outcome, _, code = counted_key(entity).partition("|")
+            outcome, code, geo = _parts(counted_key(entity))
             outcomes[outcome] += 1
             if code:
                 reasons[code] += 1
+            if geo:
+                geos[geo] += 1
             uncounted += not entity.get(COUNTED)
     except ResourceNotFoundError:
         pass
-    return Counts(dict(sorted(outcomes.items())), dict(sorted(reasons.items())), False, uncounted)
+    return Counts(dict(sorted(outcomes.items())), dict(sorted(reasons.items())),
+                  dict(sorted(geos.items())), False, uncounted)
 
 
 async def mark_ready(client: TableClient) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,6 +27,7 @@ from kiota_http.middleware.options import RetryHandlerOption
 from msgraph import GraphRequestAdapter, GraphServiceClient
 from msgraph.generated.models.o_data_errors.o_data_error import ODataError
 from msgraph.generated.models.subscription import Subscription
+from msgraph.generated.sites.sites_request_builder import SitesRequestBuilder
 from msgraph.generated.users.item.check_member_groups.check_member_groups_post_request_body import (
     CheckMemberGroupsPostRequestBody,
 )
@@ -39,6 +41,9 @@ from .settings import Settings
 from .telemetry import CountingTransport
 
 USER_FIELDS = ["id", "userPrincipalName", "displayName", "mail", "accountEnabled", "userType"]
+# Read on Multi-Geo tenants only: where the user's personal site is, and where it should be
+# (sp-dev-docs multigeo-userprofileexperience.md); shared/geos.py decides the geo from them.
+GEO_FIELDS = ["mySite", "preferredDataLocation"]
 BATCH_SIZE = 20  # Graph's JSON $batch limit
 CHECK_MEMBER_GROUPS_LIMIT = 20  # group ids per checkMemberGroups call
 BATCH_ATTEMPTS = 4  # throttled batch items are retried after their own Retry-After, this often
@@ -46,6 +51,7 @@ MAX_RETRY_AFTER_SECONDS = 120.0
 PAGE_SIZE = 999  # Graph's maximum $top for users
 PREFERRED_PHOTO_SIZE = "648x648"  # the largest size Graph serves; enough for a 200 px thumbnail
 T = TypeVar("T")
+log = logging.getLogger("photo_sync.graph")
 
 
 @dataclass(frozen=True)
@@ -55,10 +61,14 @@ class DirectoryUser:
     display_name: str = ""
     account_enabled: bool = True
     user_type: str = "Member"
+    my_site: str = ""  # Graph mySite: the personal site's URL (Multi-Geo tenants, users with one)
+    preferred_data_location: str = ""  # Graph preferredDataLocation, e.g. "EUR" (a hint only)
 
 
 class GraphError(RuntimeError):
     """A Graph call failed in a way retrying this message may fix (5xx, throttled past retries)."""
+
+    status: int | None = None  # Graph's HTTP status
 
 
 class GraphThrottled(GraphError, Throttled):
@@ -94,6 +104,7 @@ class GraphDirectory:
         self.client = build_graph_client(settings, credential, self._http)
         self._credential = credential
         self._scope = scope_for(settings.graph_base_url)
+        self._my_site_refused = False  # see get_user
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -132,15 +143,53 @@ class GraphDirectory:
         body = json.loads(raw or b"{}")
         return body if isinstance(body, dict) else {}
 
-    async def get_user(self, key: str) -> DirectoryUser | None:
-        """Look a user up by object id or UPN; None if the directory has no such user."""
+    async def get_user(self, key: str, geo_fields: bool = False) -> DirectoryUser | None:
+        """Look a user up by object id or UPN; None if the directory has no such user. With
+        `geo_fields` (Multi-Geo tenants), also mySite and preferredDataLocation, same request.
+
+        An app-only token has been reported refused for `$select=mySite`
+        (microsoftgraph/microsoft-graph-docs#7505, not reproduced by Microsoft): then the process
+        asks for preferredDataLocation alone from then on; the geo stays right (shared/geos.py),
+        a wrong first guess costs one more profile read."""
+        fields = USER_FIELDS
+        if geo_fields:
+            fields = USER_FIELDS + [f for f in GEO_FIELDS
+                                    if not (f == "mySite" and self._my_site_refused)]
+        try:
+            return await self._read_user(key, fields)
+        except GraphError as error:
+            if "mySite" not in fields or error.status not in (401, 403):
+                raise
+        log.warning("Graph refused $select=mySite to this app; using preferredDataLocation only")
+        self._my_site_refused = True
+        return await self._read_user(key, [f for f in fields if f != "mySite"])
+
+    async def _read_user(self, key: str, fields: list[str]) -> DirectoryUser | None:
         config = RequestConfiguration(
             query_parameters=UserItemRequestBuilder.UserItemRequestBuilderGetQueryParameters(
-                select=USER_FIELDS))
+                select=fields))
         builder = self.client.users.by_user_id(key)
         user = await self._get_json(lambda: builder.to_get_request_information(config),
                                     "reading the user")
         return _directory_user(user) if user and user.get("id") else None
+
+    async def root_sites(self) -> list[tuple[str, str]]:
+        """Multi-Geo discovery: (dataLocationCode, webUrl) of each geo's root site
+        (sp-dev-docs multigeo-discovery.md; Graph v1.0 siteCollection.dataLocationCode is "only
+        present for multi-geo tenants"). Needs Sites.Read.All; a single-geo tenant gives one
+        site with no code."""
+        config = RequestConfiguration(
+            query_parameters=SitesRequestBuilder.SitesRequestBuilderGetQueryParameters(
+                filter="siteCollection/root ne null", select=["webUrl", "siteCollection"]))
+        builder = self.client.sites
+        body = await self._get_json(lambda: builder.to_get_request_information(config),
+                                    "listing the root sites of the geo locations")
+        sites = []
+        for site in (body or {}).get("value") or []:
+            collection = site.get("siteCollection") or {}
+            sites.append((str(collection.get("dataLocationCode") or ""),
+                          str(site.get("webUrl") or "")))
+        return sites
 
     async def iter_users(self, *, enabled_only: bool, include_guests: bool,
                          page_size: int = PAGE_SIZE) -> AsyncIterator[DirectoryUser]:
@@ -371,7 +420,9 @@ def _directory_user(user: dict[str, Any]) -> DirectoryUser:
                          upn=user.get("userPrincipalName") or "",
                          display_name=user.get("displayName") or "",
                          account_enabled=user.get("accountEnabled") is not False,
-                         user_type=user.get("userType") or "Member")
+                         user_type=user.get("userType") or "Member",
+                         my_site=user.get("mySite") or "",
+                         preferred_data_location=(user.get("preferredDataLocation") or "").upper())
 
 
 def _as_graph_error(error: ODataError, doing: str) -> GraphError:
@@ -382,8 +433,10 @@ def _as_graph_error(error: ODataError, doing: str) -> GraphError:
         return GraphThrottled(f"Graph answered {error.response_status_code} while {doing}"
                               f"{f': {code}' if code else ''}",
                               throttle_wait(error.response_headers or {}))
-    return GraphError(f"Graph answered {error.response_status_code} while {doing}"
-                      f"{f': {code}' if code else ''}{f' ({message})' if message else ''}")
+    failure = GraphError(f"Graph answered {error.response_status_code} while {doing}"
+                         f"{f': {code}' if code else ''}{f' ({message})' if message else ''}")
+    failure.status = error.response_status_code
+    return failure
 
 
 class SubscriptionValidationFailed(GraphError):

@@ -19,7 +19,7 @@ from typing import Any
 
 from azure.core.exceptions import AzureError
 
-from . import pacing, telemetry
+from . import geos, pacing, telemetry
 from .credentials import CachingCredential, build_credential
 from .graph import GraphDirectory
 from .inputs import (
@@ -94,6 +94,7 @@ def reset_process_caches() -> None:
     get_settings.cache_clear()
     get_credential.cache_clear()
     pacing.reset()
+    geos.reset()
     _process_clients.clear()
 
 
@@ -139,9 +140,12 @@ async def _open_clients(settings: Settings) -> _Clients:
     context = SyncContext(settings=settings, graph=GraphDirectory(settings, credential),
                           sharepoint=SharePointProfiles.from_settings(settings, credential),
                           state=StateStore.from_settings(settings))
+    context.geos = geos.GeoClients(settings, credential, context.graph, context.state,
+                                   context.sharepoint)
     queue = SyncQueue.from_settings(settings)
     stack = AsyncExitStack()
-    for close in (context.graph.close, context.state.close, context.sharepoint.close, queue.close):
+    for close in (context.graph.close, context.state.close, context.sharepoint.close, queue.close,
+                  context.geos.close):
         stack.push_async_callback(close)
     clients = _Clients(settings, context, queue, stack)
     clients.lifetime = _lifetime(clients, asyncio.get_running_loop())

@@ -18,7 +18,7 @@ from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
 
-from . import counters, reasons
+from . import counters, geos, reasons
 from .credentials import CachingCredential
 from .queue import (
     InvalidMessage,
@@ -70,6 +70,7 @@ async def tenant_summary(settings: Settings) -> dict[str, Any]:
         "users": counts.users,
         "outcomes": counts.outcomes,
         "reasons": counts.reasons,
+        "geos": counts.geos,  # Multi-Geo: users per geo (empty on a single-geo tenant)
         "counters": "ready" if counts.ready else "scan",
         "lastReconcile": cursor.last_completed_at.isoformat() if cursor.last_completed_at else None,
         "reconcileInProgress": bool(cursor.next_link),
@@ -127,6 +128,8 @@ async def health_figures(settings: Settings) -> dict[str, Any]:
         "oldest_waiting_since": oldest_wait.isoformat(timespec="seconds") if oldest_wait else "",
         "oldest_waiting_hours": _hours(now, oldest_wait),
         "counters_ready": counts.ready,
+        # Multi-Geo: users per geo, "EUR=120,NAM=300" (empty on a single-geo tenant)
+        "users_per_geo": ",".join(f"{geo}={n}" for geo, n in counts.geos.items()),
         **verify_figures(verified, now),
     }
 
@@ -167,16 +170,19 @@ async def replay_poison(settings: Settings, *, control: bool = False, dry_run: b
 
 # Exports: one row per user, for Excel and scripts
 
-EXPORT_COLUMNS = ("userId", "upn", "outcome", "reasonCode", "reason", "lastChange", "pictureStem")
+EXPORT_COLUMNS = ("userId", "upn", "outcome", "reasonCode", "reason", "lastChange", "pictureStem",
+                  "geo")
 
 
 def export_row(state: UserState) -> dict[str, str]:
     """One user as the CSV/JSON exports show it. `pictureStem` is the file stem the profile shows
-    (`<stem>_MThumb.jpg`), empty until photo-sync has recorded one."""
+    (`<stem>_MThumb.jpg`), empty until photo-sync has recorded one. `geo` is the key of the
+    Multi-Geo location holding the profile (shared/geos.py), empty on a single-geo tenant."""
     return {"userId": state.user_id, "upn": state.upn, "outcome": state.outcome or "pending",
             "reasonCode": state.reason_code, "reason": state.reason,
             "lastChange": state.updated_at.isoformat(timespec="seconds"),
-            "pictureStem": str(getattr(state, "picture_stem", "") or "")}
+            "pictureStem": str(getattr(state, "picture_stem", "") or ""),
+            "geo": state.geo}
 
 
 def _filter(outcomes: Sequence[str], codes: Sequence[str]) -> str:
@@ -287,9 +293,23 @@ async def link_profiles(settings: Settings, admin_credential: CachingCredential,
 
     Each success is recorded at once (outcome `updated`), so a second run continues with the rest.
     """
-    sharepoint = SharePointProfiles.from_settings(settings, admin_credential)
     store = StateStore.from_settings(settings)
+    # Multi-Geo: each profile is linked through its own geo's admin host (shared/geos.py)
+    clients = {"": SharePointProfiles.from_settings(settings, admin_credential)}
+
+    def client_for(state: UserState) -> SharePointProfiles | None:
+        geo = geo_map.by_key(state.geo) if state.geo else geo_map.default
+        if geo is None:
+            return None
+        if geo.default:
+            return clients[""]
+        if geo.key not in clients:
+            clients[geo.key] = SharePointProfiles.for_geo(settings, admin_credential, geo.key,
+                                                          geo.mysite_url, geo.admin_url)
+        return clients[geo.key]
+
     try:
+        geo_map = await geos.known(settings, store)
         skipped: list[LinkResult] = []
         if users is None:
             pending = [state async for state in users_needing_link(store)]
@@ -302,13 +322,19 @@ async def link_profiles(settings: Settings, admin_credential: CachingCredential,
         for state in pending:
             # exactly the files the app uploaded for this user (recorded in the state table)
             stem = state.picture_stem or new_stem(settings.thumbnail_naming, state.user_id, state.upn)
+            profiles = client_for(state)
+            if profiles is None:
+                yield LinkResult(state.user_id, state.upn, False,
+                                 f"the profile is in geo {state.geo}, which photo-sync no longer "
+                                 "knows: add it to SHAREPOINT_GEOS", reasons.LINK_ERROR.code)
+                continue
             if dry_run:
                 yield LinkResult(state.user_id, state.upn, False,
-                                 f"dry run: would link to {await sharepoint.picture_url(stem)}",
+                                 f"dry run: would link to {await profiles.picture_url(stem)}",
                                  reasons.DRY_RUN.code)
                 continue
             try:
-                await sharepoint.link_picture(state.upn, stem)
+                await profiles.link_picture(state.upn, stem)
             except ProfileWriteRefused as refused:
                 yield LinkResult(state.user_id, state.upn, False,
                                  f"{refused}: sign in as a SharePoint administrator",
@@ -324,5 +350,6 @@ async def link_profiles(settings: Settings, admin_credential: CachingCredential,
             await store.save(state)
             yield LinkResult(state.user_id, state.upn, True, state.reason, state.reason_code)
     finally:
-        await sharepoint.close()
+        for client in clients.values():
+            await client.close()
         await store.close()

@@ -276,7 +276,7 @@ def batch_concurrency(settings: Settings) -> int:
 
 
 @functools.cache
-def _pacer(ru_per_minute: int, instances: int) -> SharePointPacer:
+def _pacer(ru_per_minute: int, instances: int, geo: str) -> SharePointPacer:
     return SharePointPacer(ru_per_minute, instances)
 
 
@@ -285,9 +285,11 @@ def _gate(slots: int) -> PhotoGate:
     return PhotoGate(slots)
 
 
-def sharepoint_pacer(settings: Settings) -> SharePointPacer:
-    """The process's one SharePoint pacer for these settings."""
-    return _pacer(settings.sharepoint_ru_per_minute, settings.max_instances)
+def sharepoint_pacer(settings: Settings, geo: str = "") -> SharePointPacer:
+    """The process's SharePoint pacer for these settings, one per geo of a Multi-Geo tenant:
+    each geo is its own SharePoint farm with its own hosts, budgeted on its own
+    (docs/benchmarks.md, "Multi-Geo")."""
+    return _pacer(settings.sharepoint_ru_per_minute, settings.max_instances, geo)
 
 
 def photo_gate(settings: Settings) -> PhotoGate:

@@ -176,6 +176,12 @@ PHOTOS_FOLDER_NOT_FOUND = _code(
     "then, or if discovery picks the wrong folder, set SHAREPOINT_PHOTOS_FOLDER, e.g. "
     "'User Photos/Profile Pictures' (docs/settings.md). The next reconciliation retries.")
 
+GEO_UNKNOWN = _code(
+    "geo_unknown", FAILED, "the user's profile lives in a SharePoint geo photo-sync does not know",
+    "Multi-Geo tenant: add the geo's My Site URL to SHAREPOINT_GEOS (docs/settings.md), or grant "
+    "Microsoft Graph Sites.Read.All so photo-sync discovers the geos. The next reconciliation "
+    "retries.")
+
 
 def describe(code: str) -> ReasonCode | None:
     """The registry entry for a code ('' and unknown codes: None)."""

@@ -93,6 +93,9 @@ class Settings:
     profile_write_probe_hours: int = DEFAULT_PROFILE_WRITE_PROBE_HOURS  # while refused
     log_upns: bool = False  # PHOTO_SYNC_LOG_UPNS: log records keep UPNs (docs/security.md)
     paused: bool = False  # PHOTO_SYNC_PAUSED: deployed but writing nothing (first deployment)
+    # Multi-Geo: (data location code, My Site URL, admin URL) per geo from SHAREPOINT_GEOS; empty =
+    # discover the geos (shared/geos.py)
+    sharepoint_geos: tuple[tuple[str, str, str], ...] = ()
 
     @property
     def poison_queue_name(self) -> str:
@@ -125,7 +128,7 @@ class Settings:
         mysite_url = reader.url("SHAREPOINT_MYSITE_URL", None)
         if "SHAREPOINT_MYSITE_URL" not in reader.named and not mysite_url:
             reader.problem("SHAREPOINT_MYSITE_URL", "is required, e.g. https://contoso-my.sharepoint.com")
-        default_admin = _derive_admin_url(mysite_url) if mysite_url else None
+        default_admin = derive_admin_url(mysite_url) if mysite_url else None
         admin_url = reader.url("SHAREPOINT_ADMIN_URL", default_admin)
         if mysite_url and not admin_url and "SHAREPOINT_ADMIN_URL" not in reader.named:
             reader.problem("SHAREPOINT_ADMIN_URL", "cannot be derived from SHAREPOINT_MYSITE_URL "
@@ -212,6 +215,7 @@ class Settings:
                                                           DEFAULT_PROFILE_WRITE_PROBE_HOURS),
             log_upns=reader.flag("PHOTO_SYNC_LOG_UPNS", False),
             paused=reader.flag("PHOTO_SYNC_PAUSED", False),
+            sharepoint_geos=_read_geos(reader),
         )
         if reader.problems:
             raise SettingsError(reader.problems)
@@ -332,7 +336,40 @@ def _read_storage(reader: _Reader) -> StorageSettings:
     return StorageSettings(connection_string=None)
 
 
-def _derive_admin_url(mysite_url: str) -> str | None:
+_GEO_CODE = re.compile(r"^[A-Za-z]{3}$")
+
+
+def _read_geos(reader: _Reader) -> tuple[tuple[str, str, str], ...]:
+    """SHAREPOINT_GEOS: `CODE=MYSITE_URL[|ADMIN_URL]` entries separated by commas, e.g.
+    `EUR=https://contosoeur-my.sharepoint.com,APC=https://contosoapc-my.sharepoint.com`; the admin
+    URL is derived from the My Site URL unless given after a '|'."""
+    raw = (reader.env.get("SHAREPOINT_GEOS") or "").strip()
+    geos: list[tuple[str, str, str]] = []
+    for entry in (part.strip() for part in raw.split(",") if part.strip()):
+        code, eq, urls = entry.partition("=")
+        mysite, _, admin = urls.partition("|")
+        code = code.strip().upper()
+        if not eq or not _GEO_CODE.match(code):
+            reader.problem("SHAREPOINT_GEOS", f"entry {entry!r} is not CODE=URL with a "
+                           "three-letter data location code, e.g. "
+                           "EUR=https://contosoeur-my.sharepoint.com")
+            continue
+        sub = _Reader({"url": mysite.strip(), "admin": admin.strip()})
+        mysite_url = sub.url("url", None)
+        admin_url = sub.url("admin", derive_admin_url(mysite_url) if mysite_url else None)
+        if sub.problems or not mysite_url or not admin_url:
+            detail = "; ".join(p.split(" ", 1)[1] for p in sub.problems) or \
+                "the admin URL cannot be derived; give it after '|'"
+            reader.problem("SHAREPOINT_GEOS", f"entry {code}: {detail}")
+            continue
+        if any(g[0] == code for g in geos):
+            reader.problem("SHAREPOINT_GEOS", f"names {code} twice")
+            continue
+        geos.append((code, mysite_url, admin_url))
+    return tuple(geos)
+
+
+def derive_admin_url(mysite_url: str) -> str | None:
     """contoso-my.sharepoint.com -> contoso-admin.sharepoint.com (also for sovereign clouds)."""
     parts = urlsplit(mysite_url)
     host = parts.hostname or ""

@@ -62,6 +62,9 @@ class Profile:
     account_name: str
     picture_url: str  # the PictureURL property as SharePoint stores it
     placeholder_state: str
+    # The My Site host of the geo that holds the profile, whichever geo answered (Multi-Geo:
+    # sp-dev-docs multigeo-userprofileexperience.md, PersonalSiteHostUrl)
+    personal_site_host: str = ""
 
 
 def comparable_url(url: str) -> tuple[str, str, str] | None:
@@ -165,6 +168,15 @@ class SharePointProfiles:
                                      pacer=sharepoint_pacer(settings)),
                    settings.mysite_url, settings.admin_url, settings.photos_folder)
 
+    @classmethod
+    def for_geo(cls, settings: Settings, credential: CachingCredential, geo_key: str,
+                mysite_url: str, admin_url: str) -> SharePointProfiles:
+        """A satellite geo's client: its own hosts, its own pacer (each geo is its own farm),
+        its photos folder discovered (named in that geo's language)."""
+        return cls(build_http_client(credential, settings.user_agent,
+                                     pacer=sharepoint_pacer(settings, geo_key)),
+                   mysite_url, admin_url)
+
     # The photos folder: its name follows the My Site language ("Profilbilder" in German, pnp/PnP
     # #1419), so it is learned from a linked profile's PictureURL, else read from the library.
 
@@ -261,7 +273,8 @@ class SharePointProfiles:
         properties = {p.get("Key"): p.get("Value") or "" for p in body.get("UserProfileProperties") or []}
         return Profile(account_name=body["AccountName"],
                        picture_url=properties.get(PICTURE_URL) or body.get("PictureUrl") or "",
-                       placeholder_state=str(properties.get(PLACEHOLDER_STATE) or ""))
+                       placeholder_state=str(properties.get(PLACEHOLDER_STATE) or ""),
+                       personal_site_host=str(body.get("PersonalSiteHostUrl") or ""))
 
     async def set_property(self, upn: str, name: str, value: str) -> None:
         """Write one profile property; ProfileWriteRefused when the identity may not."""

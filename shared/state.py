@@ -45,6 +45,11 @@ class UserState:
     outcome: str = ""
     reason: str = ""
     reason_code: str = ""        # stable code of `reason` (shared/reasons.py)
+    # Multi-Geo: the key of the geo holding the user's profile (shared/geos.py; "" = not known
+    # yet or single-geo), and the preferredDataLocation seen when it was decided: a change makes
+    # the next sync check the geo again
+    geo: str = ""
+    preferred_data_location: str = ""
     updated_at: datetime = field(default_factory=utc_now)
     # when the user first became needs_profile_link; kept through later saves until linked
     waiting_since: datetime | None = None
@@ -325,6 +330,19 @@ class StateStore:
         if oldest is not None:
             entity["oldest_waiting_since"] = oldest
         await self._client.upsert_entity(entity, mode=UpdateMode.REPLACE)
+
+    async def get_geos(self) -> tuple[str, datetime] | None:
+        """The discovered geos (shared/geos.py, as JSON) and when they were discovered."""
+        entity = await self._control("geos")
+        if not entity or not entity.get("geos") or not entity.get("discovered_at"):
+            return None
+        return str(entity["geos"]), entity["discovered_at"]
+
+    async def save_geos(self, geos: str, discovered_at: datetime) -> None:
+        await self._ensure_table()
+        await self._client.upsert_entity({"PartitionKey": CONTROL_PARTITION, "RowKey": "geos",
+                                          "geos": geos, "discovered_at": discovered_at},
+                                         mode=UpdateMode.REPLACE)
 
     async def get_cursor(self) -> ReconcileCursor:
         entity = await self._control("reconcile")

@@ -12,10 +12,11 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from . import reasons, telemetry
 from .credentials import CachingCredential, build_credential
+from .geos import GeoClients, GeoMap, configured
 from .graph import DirectoryUser, GraphDirectory
 from .outcomes import Outcome, SyncResult
 from .queue import SyncRequest
@@ -44,8 +45,13 @@ class SyncContext:
 
     settings: Settings
     graph: GraphDirectory
-    sharepoint: SharePointProfiles
+    sharepoint: SharePointProfiles  # the default geo's; a user's own geo's during their sync
     state: StateStore
+    geos: GeoClients | None = None  # Multi-Geo: the geos and a client per geo (shared/geos.py)
+
+    async def geo_map(self) -> GeoMap:
+        """The tenant's geos (one for a single-geo tenant; no request per user either way)."""
+        return await self.geos.geo_map() if self.geos else configured(self.settings)
 
 
 @asynccontextmanager
@@ -56,9 +62,12 @@ async def open_context(settings: Settings,
                           graph=GraphDirectory(settings, credential),
                           sharepoint=SharePointProfiles.from_settings(settings, credential),
                           state=StateStore.from_settings(settings))
+    context.geos = GeoClients(settings, credential, context.graph, context.state,
+                              context.sharepoint)
     try:
         yield context
     finally:
+        await context.geos.close()
         await context.sharepoint.close()
         await context.state.close()
         await context.graph.close()
@@ -82,31 +91,46 @@ async def sync_user(context: SyncContext, request: SyncRequest, dry_run: bool = 
 
 
 async def _sync_user(context: SyncContext, request: SyncRequest, dry_run: bool) -> SyncResult:
-    user = await context.graph.get_user(request.user_id)
+    geos = await context.geo_map()
+    user = await context.graph.get_user(request.user_id, geo_fields=geos.multi)
     if user is None:
         return SyncResult(request.user_id, "", Outcome.SKIPPED, "no such user in the directory",
                           reasons.USER_NOT_FOUND.code)
     if dry_run:
-        return await _sync_and_record(context, user, request, dry_run=True)
+        return await _sync_and_record(context, user, request, geos, dry_run=True)
     owner, lease = uuid.uuid4().hex, f"user-{user.id}"
     if not await context.state.acquire_lease(lease, owner, USER_LEASE_SECONDS):
         raise UserBusy(f"user {user.id} is being synced by another worker")
     try:
-        return await _sync_and_record(context, user, request, dry_run=False)
+        return await _sync_and_record(context, user, request, geos, dry_run=False)
     finally:
         await context.state.release_lease(lease, owner)
 
 
+class GeoUnknown(RuntimeError):
+    """The profile's PersonalSiteHostUrl names a My Site host of no geo photo-sync knows."""
+
+
 async def _sync_and_record(context: SyncContext, user: DirectoryUser, request: SyncRequest,
-                           dry_run: bool) -> SyncResult:
+                           geos: GeoMap, dry_run: bool) -> SyncResult:
     state = await context.state.get(user.id) or UserState(user_id=user.id)
     state.upn = user.upn
+    # A preferredDataLocation change (a `users` notification) may mean SharePoint moves the
+    # profile to another geo: check where it is now, even if the photo did not change.
+    recheck = geos.multi and bool(state.geo) and \
+        user.preferred_data_location != state.preferred_data_location
+    if geos.multi:
+        state.preferred_data_location = user.preferred_data_location
     settings = context.settings
     groups = await context.graph.member_of(user.id, scope_groups(settings)) \
         if uses_groups(settings) else set()
     skip = out_of_scope(settings, user, groups)
     if skip is None:
-        result = await _sync(context, user, state, request.force, dry_run)
+        try:
+            result = await _sync(context, user, state, request.force, dry_run, geos, recheck)
+        except GeoUnknown as unknown:
+            result = SyncResult(user.id, user.upn, Outcome.FAILED, str(unknown),
+                                reasons.GEO_UNKNOWN.code)
     else:
         result = SyncResult(user.id, user.upn, Outcome.SKIPPED, skip.sentence, skip.code)
     if not dry_run:
@@ -128,17 +152,47 @@ def note_waiting(state: UserState) -> None:
         state.waiting_since = None
 
 
+async def _locate(context: SyncContext, geos: GeoMap, user: DirectoryUser,
+                  state: UserState) -> tuple[SyncContext, Profile | None, bool]:
+    """The user's profile, read through the geo that holds it, and the context whose `sharepoint`
+    is that geo's client; and whether the profile moved geo since the last sync.
+
+    Microsoft's way (sp-dev-docs multigeo-userprofileexperience.md): the profile's
+    PersonalSiteHostUrl names the My Site host of its geo, whichever geo answers. The first guess
+    is the geo remembered in the state row, else Graph mySite or preferredDataLocation; a wrong
+    guess costs one more read, and only the first time. A single-geo tenant: the same one read."""
+    if not geos.multi or context.geos is None:
+        return context, await context.sharepoint.get_profile(user.upn), False
+    guess = (geos.by_key(state.geo) if state.geo else None) or geos.hint(user)
+    client = context.geos.client(guess)
+    profile = await client.get_profile(user.upn)
+    host = profile.personal_site_host if profile is not None else ""
+    home = geos.for_host(host) if host else guess
+    if home is None:
+        raise GeoUnknown(f"the profile lives on {host}, a My Site host of no geo photo-sync knows")
+    if home is not guess:
+        client = context.geos.client(home)
+        profile = await client.get_profile(user.upn)
+    moved = bool(state.geo) and state.geo != home.key
+    if moved:
+        log.info("user %s: profile moved from geo %s to %s", user.id, state.geo, home.key)
+    state.geo = home.key
+    return replace(context, sharepoint=client), profile, moved
+
+
 async def _sync(context: SyncContext, user: DirectoryUser, state: UserState, force: bool,
-                dry_run: bool) -> SyncResult:
+                dry_run: bool, geos: GeoMap, recheck: bool = False) -> SyncResult:
     def result(outcome: Outcome, reason: str, code: reasons.ReasonCode) -> SyncResult:
         return SyncResult(user.id, user.upn, outcome, reason, code.code)
 
     etag = await context.graph.get_photo_etag(user.id)
     if etag and etag == state.seen_etag and not force:
         last = f" (last outcome: {state.outcome})" if state.outcome not in ("", "updated") else ""
-        return result(Outcome.UNCHANGED, "photo etag unchanged" + last, reasons.ETAG_UNCHANGED)
+        if not recheck or not (await _locate(context, geos, user, state))[2]:
+            return result(Outcome.UNCHANGED, "photo etag unchanged" + last, reasons.ETAG_UNCHANGED)
+        force = True  # the profile moved geo: its picture goes into the new geo's library
     if not etag:
-        return await _remove(context, user, state, dry_run, result)
+        return await _remove(context, user, state, dry_run, result, geos)
     # Graph lists a photo; an empty body is refused as an empty image below, not taken as removal
     data = await context.graph.get_photo_bytes(user.id) or b""
 
@@ -150,8 +204,9 @@ async def _sync(context: SyncContext, user: DirectoryUser, state: UserState, for
         state.seen_etag = etag  # this photo will never work: do not download it again
         return result(Outcome.FAILED, f"photo refused: {rejected}", rejected.code)
 
+    context, profile, moved = await _locate(context, geos, user, state)
+    force = force or moved  # thumbnails and link go into the geo the profile moved to
     sharepoint = context.sharepoint
-    profile = await sharepoint.get_profile(user.upn)
     if profile is None:  # not seen: try again once SharePoint has created the profile
         return result(Outcome.SKIPPED, "SharePoint has no user profile for this account yet",
                       reasons.PROFILE_MISSING)
@@ -221,15 +276,15 @@ async def _link(context: SyncContext, upn: str, profile: Profile, stem: str, sta
 
 
 async def _remove(context: SyncContext, user: DirectoryUser, state: UserState, dry_run: bool,
-                  result: ResultFor) -> SyncResult:
+                  result: ResultFor, geos: GeoMap) -> SyncResult:
     """The user has no photo any more. The picture people see must stop being theirs, and no profile
     may point at a missing file: a linked trio is overwritten with a neutral placeholder (after
     unlinking where allowed), never deleted; only files no profile shows are deleted."""
     had_upload, had_photo = bool(state.uploaded_hash), bool(state.seen_etag)
     if not had_upload and not had_photo:
         return result(Outcome.NO_PHOTO, "no photo in Microsoft 365", reasons.NO_PHOTO_SET)
+    context, profile, _ = await _locate(context, geos, user, state)
     sharepoint = context.sharepoint
-    profile = await sharepoint.get_profile(user.upn)
     linked = await sharepoint.linked_stem(profile) if profile else None
     if linked is None and not (had_upload and state.picture_stem):
         state.seen_etag = ""

@@ -172,8 +172,12 @@ class Budgets:
     def admit(self, host: str, kind: str, req: Request) -> Admission:
         """Decide before the handler runs: a refusal (429), or an admission to finish after it."""
         app = app_of(req.claims)
-        if host in ("mysite", "admin"):
-            return self._admit_sharepoint(app, kind)
+        if host.startswith(("mysite", "admin")):
+            # Each geo of a Multi-Geo tenant is its own SharePoint farm with its own hosts
+            # (sp-dev-docs multigeo-discovery.md); that its per-app budget is counted per geo is
+            # an ASSUMPTION (the throttling page speaks of "tenant" limits without geos).
+            geo = host.partition("-")[2]
+            return self._admit_sharepoint(f"{app}@{geo}" if geo else app, kind)
         if host == "graph" and self.outlook.enabled and is_photo_path(req.path):
             if not self.outlook.try_acquire(app, 1, self._lock):
                 self._add("outlook_throttled")

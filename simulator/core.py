@@ -170,12 +170,19 @@ class TenantSimulator:
         # Graph gives the webhook 10 s to echo the validation token (microsoft-graph-docs
         # concepts/change-notifications-delivery-webhooks.md, "notificationUrl validation").
         self.validation_timeout: float = 10.0
+        # An app-only `$select=mySite` answered 403, as reported in
+        # microsoftgraph/microsoft-graph-docs#7505 (Microsoft could not reproduce it): off by default.
+        self.refuse_app_my_site: bool = False
         self.notifications_dropped: int = 0
         self._users: list[User] = list(tenant.users)
         self._by_key: dict[str, User] = {}
         self._by_stem: dict[str, User] = {}
         self._seeds_removed: set[str] = set()  # casefolded URLs of seeded files deleted or replaced
-        self.user_agents: dict[str, Counter[str]] = {h: Counter() for h in HOSTS}  # by User-Agent
+        # Multi-Geo: each satellite geo has its own My Site and admin host (sp-dev-docs
+        # multigeo-discovery.md), served on listeners of their own: "mysite-eur", "admin-eur".
+        self.hosts: tuple[str, ...] = HOSTS + tuple(
+            f"{kind}-{geo.code.lower()}" for geo in tenant.satellites for kind in ("mysite", "admin"))
+        self.user_agents: dict[str, Counter[str]] = {h: Counter() for h in self.hosts}  # by User-Agent
         self.undecorated: Counter[str] = Counter()  # requests per host without the NONISV|... agent
         for user in self._users:
             self._index(user)
@@ -185,10 +192,14 @@ class TenantSimulator:
             if user.photo is not None:
                 self._photos[user.id] = self._new_state(user.id, render(user.photo))
         self._profile_overrides: dict[str, dict[str, str]] = {}
+        # Profile properties written through a geo that does not hold the user's profile, keyed by
+        # (geo, user id): they change a copy nobody sees (see profile_in).
+        self._foreign_overrides: dict[tuple[str, str], dict[str, str]] = {}
+        self.wrong_geo_writes: list[tuple[str, str, str]] = []  # (geo written through, upn, property)
         self._files: dict[str, FileInfo] = {}
         self._subs: dict[str, Subscription] = {}
         self._faults: list[Fault] = []
-        self._counters: dict[str, Counter[str]] = {h: Counter() for h in HOSTS}
+        self._counters: dict[str, Counter[str]] = {h: Counter() for h in self.hosts}
         # The last requests' (host, path?query as sent), for tests that check what reached a URL
         # (tests/hostile.py); a record of what was received, no behaviour of the services.
         self.recent_targets: deque[tuple[str, str]] = deque(maxlen=10_000)
@@ -215,8 +226,9 @@ class TenantSimulator:
         if self._servers:
             return self
         self._notifier = Notifier(self._record_delivery)
-        for host, port in (("graph", graph_port), ("mysite", mysite_port), ("admin", admin_port)):
-            server = start_listener(self, host, port)
+        ports = {"graph": graph_port, "mysite": mysite_port, "admin": admin_port}
+        for host in self.hosts:
+            server = start_listener(self, host, ports.get(host, 0))
             self._servers[host] = server
             self.ports[host] = server.server_address[1]
             self.roots[host] = f"http://127.0.0.1:{self.ports[host]}"
@@ -260,6 +272,70 @@ class TenantSimulator:
         """The three URLs plus the tenant id (what the CLI prints)."""
         return {"graph": self.graph_url, "mysite": self.mysite_url, "admin": self.admin_url,
                 "tenantId": self.tenant.tenant_id, "photosFolder": self.tenant.photos_folder}
+
+    # ----------------------------------------------------------------- Multi-Geo
+    @property
+    def satellite_codes(self) -> list[str]:
+        """The satellite geos' data location codes, e.g. ["EUR", "APC"]."""
+        return [g.code for g in self.tenant.satellites]
+
+    def geo_key(self, code: str | None) -> str:
+        """A data location code as the simulator keys geos: "" for the default geo."""
+        code = (code or "").upper()
+        return "" if code == self.tenant.default_geo or code not in self.satellite_codes else code
+
+    def geo_of_host(self, host: str) -> str:
+        """The geo a listener serves: "mysite-eur" -> "EUR", "mysite" -> ""."""
+        return host.partition("-")[2].upper()
+
+    def mysite_root(self, geo: str = "") -> str:
+        """A geo's My Site host root."""
+        return self.roots.get(f"mysite-{geo.lower()}" if geo else "mysite", "http://127.0.0.1:0")
+
+    def admin_root(self, geo: str = "") -> str:
+        """A geo's admin host root."""
+        return self.roots[f"admin-{geo.lower()}" if geo else "admin"]
+
+    def folder_of(self, geo: str = "") -> str:
+        """A geo's server-relative photos folder: its name follows the geo's language."""
+        if not geo:
+            return self.folder_path
+        spec = next(g for g in self.tenant.satellites if g.code == geo)
+        return "/" + spec.photos_folder.strip("/")
+
+    def home_geo(self, user: User) -> str:
+        """Where the user's profile and personal site live ("" = default geo)."""
+        return self.geo_key(user.geo)
+
+    def move_user(self, key: str, code: str) -> None:
+        """SharePoint moves a user's personal site and profile to another geo after an admin changed
+        their preferredDataLocation (Microsoft 365 docs, "Move a OneDrive site to a different geo
+        location": the move follows the PDL change). The profile keeps its properties (assumption:
+        no public source says what a geo move does to PictureURL; we keep it, so it still names a
+        file in the old geo). Graph notifies the change of the user object."""
+        user = self.user(key)
+        with self._lock:
+            user.geo = self.geo_key(code)
+            user.preferredDataLocation = code.upper() or None
+        self._notify_change(user)
+
+    def set_preferred_data_location(self, key: str, code: str | None) -> None:
+        """An admin sets preferredDataLocation; the profile stays where it is ("bert" in
+        sp-dev-docs multigeo-userprofileexperience.md) until SharePoint moves it (move_user)."""
+        user = self.user(key)
+        with self._lock:
+            user.preferredDataLocation = code.upper() if code else None
+        self._notify_change(user)
+
+    def _fkey(self, url: str, geo: str) -> str:
+        return f"{geo}:{url.casefold()}" if geo else url.casefold()
+
+    def files_in(self, geo: str) -> dict[str, FileInfo]:
+        """The files a client wrote into one geo's photos folder, keyed by file name."""
+        prefix = f"{geo}:" if geo else None
+        with self._lock:
+            return {f.name: f for k, f in self._files.items()
+                    if (k.startswith(prefix) if prefix else ":" not in k.partition("/")[0])}
 
     # ----------------------------------------------------------------- clock & tokens
     @property
@@ -396,14 +472,15 @@ class TenantSimulator:
         """Server-relative photos folder, e.g. ``/User Photos/Profile Pictures``."""
         return "/" + self.tenant.photos_folder.strip("/")
 
-    def files(self) -> dict[str, FileInfo]:
-        """Files in the photos folder keyed by file name, including the trios SharePoint itself keeps
-        for linked profiles (see :meth:`_seeded_file`)."""
-        found = self.written_files()
+    def files(self, geo: str = "") -> dict[str, FileInfo]:
+        """Files in a geo's photos folder keyed by file name, including the trios SharePoint itself
+        keeps for linked profiles (see :meth:`_seeded_file`)."""
+        found = self.files_in(geo) if self.tenant.satellites else self.written_files()
+        folder = self.folder_of(geo)
         for user in self._users:
-            if user.profile_linked:
+            if user.profile_linked and self.home_geo(user) == geo:
                 for suffix in "SML":
-                    seeded = self._seeded_file(f"{self.folder_path}/{picture_stem(user)}_{suffix}Thumb.jpg")
+                    seeded = self._seeded_file(f"{folder}/{picture_stem(user)}_{suffix}Thumb.jpg", geo)
                     if seeded is not None:
                         found.setdefault(seeded.name, seeded)
         return found
@@ -413,11 +490,12 @@ class TenantSimulator:
         with self._lock:
             return {f.name: f for f in self._files.values()}
 
-    def get_file(self, server_relative_url: str) -> FileInfo | None:
-        """File by server-relative URL (case-insensitive)."""
-        return self._files.get(server_relative_url.casefold()) or self._seeded_file(server_relative_url)
+    def get_file(self, server_relative_url: str, geo: str = "") -> FileInfo | None:
+        """File by server-relative URL (case-insensitive) on a geo's My Site host."""
+        return self._files.get(self._fkey(server_relative_url, geo)) or \
+            self._seeded_file(server_relative_url, geo)
 
-    def _seeded_file(self, server_relative_url: str) -> FileInfo | None:
+    def _seeded_file(self, server_relative_url: str, geo: str = "") -> FileInfo | None:
         """A linked profile's thumbnail that SharePoint copied from Exchange before photo-sync ran.
 
         A profile that shows a picture points at files that exist (pnp/cli-microsoft365
@@ -425,31 +503,32 @@ class TenantSimulator:
         user starts with an S/M/L trio of an old grey picture. Made on demand, shared bytes, so a
         100,000-user tenant costs nothing until a file is read.
         """
-        key = server_relative_url.casefold()
+        key = self._fkey(server_relative_url, geo)
         folder, _, name = server_relative_url.rpartition("/")
-        if key in self._seeds_removed or folder.casefold() != self.folder_path.casefold():
+        if key in self._seeds_removed or folder.casefold() != self.folder_of(geo).casefold():
             return None
         stem, _, suffix = name.rpartition("_")
         user = self._by_stem.get(stem.casefold())
-        if user is None or not user.profile_linked or suffix.lower() not in _SEED_SUFFIXES:
+        if user is None or not user.profile_linked or suffix.lower() not in _SEED_SUFFIXES \
+                or self.home_geo(user) != geo:
             return None
         size = _SEED_SUFFIXES[suffix.lower()]
         data = _seed_bytes(size)
         created = self._clock.base() - 86400 * 365
         file_name = f"{picture_stem(user)}_{suffix[0].upper()}Thumb.jpg"
-        return FileInfo(name=file_name, server_relative_url=f"{self.folder_path}/{file_name}", data=data,
+        return FileInfo(name=file_name, server_relative_url=f"{self.folder_of(geo)}/{file_name}", data=data,
                         size=(size, size), modified=created, created=created,
                         unique_id=str(uuid.uuid5(uuid.NAMESPACE_URL, key)), version=1, seeded=True)
 
-    def put_file(self, name: str, data: bytes, overwrite: bool = True) -> FileInfo | None:
-        """Store a file in the photos folder; None if it exists and not ``overwrite``."""
+    def put_file(self, name: str, data: bytes, overwrite: bool = True, geo: str = "") -> FileInfo | None:
+        """Store a file in a geo's photos folder; None if it exists and not ``overwrite``."""
         from .images import probe
 
-        url = f"{self.folder_path}/{name}"
+        url = f"{self.folder_of(geo)}/{name}"
         size = probe(data)[0]
         now = self.now()
         with self._lock:
-            old = self.get_file(url)
+            old = self.get_file(url, geo)
             if old is not None and not overwrite:
                 return None
             info = FileInfo(
@@ -457,15 +536,15 @@ class TenantSimulator:
                 data=data, size=size, modified=now, created=old.created if old else now,
                 unique_id=old.unique_id if old else str(uuid.uuid4()), version=(old.version + 1) if old else 1,
             )
-            self._files[url.casefold()] = info
-            self._seeds_removed.add(url.casefold())
+            self._files[self._fkey(url, geo)] = info
+            self._seeds_removed.add(self._fkey(url, geo))
         return info
 
-    def delete_file(self, server_relative_url: str) -> bool:
-        """Remove a file; False if missing."""
-        key = server_relative_url.casefold()
+    def delete_file(self, server_relative_url: str, geo: str = "") -> bool:
+        """Remove a file from a geo's My Site host; False if missing."""
+        key = self._fkey(server_relative_url, geo)
         with self._lock:
-            existed = self.get_file(server_relative_url) is not None
+            existed = self.get_file(server_relative_url, geo) is not None
             self._files.pop(key, None)
             self._seeds_removed.add(key)
             return existed
@@ -477,9 +556,20 @@ class TenantSimulator:
 
         url = self.profile(key).get("PictureURL") or ""
         path = unquote(urlsplit(url).path)
-        if not path.lower().endswith("_mthumb.jpg"):
+        geo = self.geo_of_url(url)
+        if not path.lower().endswith("_mthumb.jpg") or geo is None:
             return None
-        return self.get_file(f"{path[:-len('_MThumb.jpg')]}_{suffix}Thumb.jpg")
+        return self.get_file(f"{path[:-len('_MThumb.jpg')]}_{suffix}Thumb.jpg", geo)
+
+    def geo_of_url(self, url: str) -> str | None:
+        """The geo whose My Site host a URL names; None for a host the tenant does not have."""
+        from urllib.parse import urlsplit
+
+        netloc = urlsplit(url).netloc.lower()
+        for geo in ["", *self.satellite_codes]:
+            if urlsplit(self.mysite_root(geo)).netloc.lower() == netloc:
+                return geo
+        return None
 
     def broken_picture_links(self) -> list[str]:
         """UPNs whose profile PictureURL names a file in the photos folder that does not exist: what
@@ -489,7 +579,8 @@ class TenantSimulator:
         broken = []
         for user in self._users:
             url = self._profile_props(user).get("PictureURL") or ""
-            if url and self.get_file(unquote(urlsplit(url).path)) is None:
+            geo = self.geo_of_url(url) if self.tenant.satellites else ""
+            if url and (geo is None or self.get_file(unquote(urlsplit(url).path), geo) is None):
                 broken.append(user.userPrincipalName)
         return broken
 
@@ -529,15 +620,45 @@ class TenantSimulator:
         """The PictureURL SharePoint writes when it links a profile (percent-encoded M thumbnail)."""
         from urllib.parse import quote
 
-        return f"{self.mysite_url}{quote(self.folder_path)}/{quote(picture_stem(user))}_MThumb.jpg"
+        geo = self.home_geo(user)
+        return f"{self.mysite_root(geo)}{quote(self.folder_of(geo))}/{quote(picture_stem(user))}_MThumb.jpg"
 
-    def set_profile_property(self, key: str, name: str, value: str) -> None:
-        """Set a profile property directly (control API; no permission checks)."""
+    def profile_in(self, geo: str, key: str) -> dict[str, str]:
+        """The profile a geo's admin host answers for a user. The geo that holds the profile answers
+        it in full. Another geo answers too: sp-dev-docs multigeo-userprofileexperience.md calls
+        GetPropertiesFor(...)/personalsitehosturl on the *default* geo for a user whose profile is
+        in Europe, and names "the default copy of the user's profile", so other geos hold copies.
+        What such a copy holds is not documented: we model it without PictureURL (placeholder state
+        1, as a profile SharePoint has no picture for) plus whatever was written through that geo
+        (an ASSUMPTION; the issue 22 brief asks for this model where no source says)."""
+        user = self.user(key.split("|", 2)[2] if key.lower().startswith("i:0#.f|") else key)
+        props = self._profile_props(user)
+        if geo == self.home_geo(user):
+            return props
+        props.update({"PictureURL": "", "SPS-PicturePlaceholderState": "1",
+                      "SPS-PictureTimestamp": "", "SPS-PictureExchangeSyncState": "0"})
+        props.update(self._foreign_overrides.get((geo, user.id), {}))
+        return props
+
+    def personal_site_host(self, user: User) -> str:
+        """PersonalSiteHostUrl: the My Site host of the geo holding the user's profile, "regardless
+        of whether the personal site has been created" (multigeo-userprofileexperience.md)."""
+        return self.mysite_root(self.home_geo(user)) + "/"
+
+    def set_profile_property(self, key: str, name: str, value: str, geo: str | None = None) -> None:
+        """Set a profile property directly (control API; no permission checks). Written through a
+        geo that does not hold the profile (`geo`), it changes that geo's copy only: profile
+        properties SharePoint keeps "must be read and updated at the geo location level"
+        (multigeo-userprofileexperience.md), and the write is recorded in wrong_geo_writes."""
         user = self.user(key.split("|", 2)[2] if key.lower().startswith("i:0#.f|") else key)
         canonical = _SETTABLE.get(name.lower())
         if canonical is None:
             raise KeyError(name)
         with self._lock:
+            if geo is not None and geo != self.home_geo(user):
+                self._foreign_overrides.setdefault((geo, user.id), {})[canonical] = value
+                self.wrong_geo_writes.append((geo, user.userPrincipalName, canonical))
+                return
             self._profile_overrides.setdefault(user.id, {})[canonical] = value
 
     def touched_profiles(self) -> list[str]:
@@ -661,8 +782,8 @@ class TenantSimulator:
     def inject_fault(self, host: str = "graph", status: int = 429, retry_after: float | None = 1, count: int = 1,
                      path_contains: str | None = None, batch_items: bool = False) -> None:
         """Make the next ``count`` matching requests (or $batch items) answer ``status``."""
-        if host not in HOSTS:
-            raise ValueError(f"host must be one of {HOSTS}")
+        if host not in self.hosts:
+            raise ValueError(f"host must be one of {self.hosts}")
         if batch_items and host != "graph":
             raise ValueError("batch_items only applies to host='graph'")
         with self._lock:
@@ -732,8 +853,13 @@ class TenantSimulator:
                                    {"WWW-Authenticate": 'Bearer realm="", authorization_uri="https://login.microsoftonline.com/common/oauth2/authorize"'})
             return sharepoint.unauthorized(self, reason)
         req.claims = claims
-        router = graph.route if host == "graph" else sharepoint.route_mysite if host == "mysite" else sharepoint.route_admin
-        kind, handler = router(self, req)
+        geo = self.geo_of_host(host)
+        if host == "graph":
+            kind, handler = graph.route(self, req)
+        elif host.startswith("mysite"):
+            kind, handler = sharepoint.route_mysite(self, req, geo)
+        else:
+            kind, handler = sharepoint.route_admin(self, req, geo)
         self.count(host, kind)
         admission = self.budgets.admit(host, kind, req)
         if admission.refused is not None:

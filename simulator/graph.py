@@ -34,7 +34,10 @@ _NULLS: dict[str, Any] = {
     "createdDateTime": None, "deletedDateTime": None, "proxyAddresses": [], "otherMails": [],
     "externalUserState": None, "creationType": None, "city": None, "country": None, "state": None,
 }
-_PROPS = {p.lower(): p for p in (*_MODELLED, *_NULLS, "mailNickname")}
+# Multi-Geo (SharePoint/sp-dev-docs multigeo-userprofileexperience.md): `preferredDataLocation`
+# (null unless an admin set it) and `mySite`, the personal site's URL, only for users who have one.
+_GEO_PROPS = ("preferredDataLocation", "mySite")
+_PROPS = {p.lower(): p for p in (*_MODELLED, *_NULLS, *_GEO_PROPS, "mailNickname")}
 DEFAULT_SELECT = ("id", "displayName", "userPrincipalName", "mail")
 
 
@@ -83,6 +86,8 @@ def route(sim: "TenantSimulator", req: Request) -> tuple[str, Handler]:
                                                        f"Resource '{segs[1]}' does not exist.")
             return "groups.members", lambda: list_users(
                 sim, req, members, f"groups/{segs[1]}/transitiveMembers/microsoft.graph.user")
+    elif head == "sites" and n == 1 and m == "GET":
+        return "sites.list", lambda: list_root_sites(sim, req)
     elif head == "$batch" and n == 1 and m == "POST":
         if req.in_batch:
             return "unknown", lambda: error(400, "BadRequest", "Nested $batch is not allowed.")
@@ -123,7 +128,7 @@ def _parse_select(value: str | None) -> tuple[list[str] | None, Response | None]
     return out or None, None
 
 
-def _user_json(user: "User", select: list[str] | None) -> dict[str, Any]:
+def _user_json(user: "User", select: list[str] | None, sim: "TenantSimulator | None" = None) -> dict[str, Any]:
     if select is None:
         return {"id": user.id, "displayName": user.displayName, "userPrincipalName": user.userPrincipalName, "mail": user.mail}
     out: dict[str, Any] = {}
@@ -133,9 +138,32 @@ def _user_json(user: "User", select: list[str] | None) -> dict[str, Any]:
             out[prop] = list(value) if isinstance(value, list) else value
         elif prop == "mailNickname":
             out[prop] = user.userPrincipalName.split("@")[0].replace("#EXT#", "")
+        elif prop == "mySite":
+            out[prop] = (f"{sim.mysite_root(sim.home_geo(user))}/personal/"
+                         f"{user.userPrincipalName.lower().replace('@', '_').replace('.', '_')}/"
+                         if sim is not None and user.personal_site else None)
         else:
             out[prop] = getattr(user, prop)
     return out
+
+
+def list_root_sites(sim: "TenantSimulator", req: Request) -> Response:
+    """GET /sites?$filter=siteCollection/root ne null&$select=webUrl,siteCollection: one root site
+    per geo location (SharePoint/sp-dev-docs multigeo-discovery.md, with its example answers for a
+    Multi-Geo and a single-geo tenant; Graph v1.0 siteCollection.dataLocationCode is "only present
+    for multi-geo tenants", resources/sitecollection.md). Only that query is modelled."""
+    query = (req.query.get("$filter") or req.query.get("filter") or "").replace(" ", "").lower()
+    if query != "sitecollection/rootnenull":
+        return error(400, "BadRequest", "Only $filter=siteCollection/root ne null is simulated.")
+    tenant = sim.tenant
+    geos = [(tenant.default_geo, tenant.hostname)] + [(g.code, g.hostname) for g in tenant.satellites]
+    value = []
+    for code, host in geos:
+        collection: dict[str, Any] = {"hostname": host}
+        if tenant.satellites:
+            collection["dataLocationCode"] = code
+        value.append({"webUrl": f"https://{host}/", "siteCollection": collection})
+    return json_response(200, {"@odata.context": f"{_base(sim)}/$metadata#sites", "value": value})
 
 
 def get_user(sim: "TenantSimulator", req: Request, key: str) -> Response:
@@ -146,8 +174,11 @@ def get_user(sim: "TenantSimulator", req: Request, key: str) -> Response:
     user = sim.find_user(key)
     if user is None:
         return _not_found_user(key)
+    if sim.refuse_app_my_site and select and "mySite" in select and req.claims.get("idtyp") == "app":
+        return error(403, "Authorization_RequestDenied",
+                     "Insufficient privileges to complete the operation.")
     sel = f"({','.join(select)})" if select else ""
-    body = {"@odata.context": f"{_base(sim)}/$metadata#users{sel}/$entity", **_user_json(user, select)}
+    body = {"@odata.context": f"{_base(sim)}/$metadata#users{sel}/$entity", **_user_json(user, select, sim)}
     return json_response(200, body)
 
 
@@ -258,7 +289,7 @@ def list_users(sim: "TenantSimulator", req: Request, users: list["User"] | None 
         user = users[i]
         i += 1
         if match is None or match(user):
-            page.append(_user_json(user, select))
+            page.append(_user_json(user, select, sim))
     # Only emit a nextLink if another match exists (Graph may also emit a final empty page; we don't).
     more = False
     j = i

@@ -32,6 +32,15 @@ class User:
     # "upn": older and admin-linked profiles (pnp/PnP Samples/Core.ProfilePictureUploader,
     # `adele_vance_contoso_com_MThumb.jpg`).
     picture_naming: str = "object-id"
+    # Multi-Geo (SharePoint/sp-dev-docs docs/solution-guidance/multigeo-userprofileexperience.md):
+    # `geo` is where the user's profile and personal site live ("" = the default geo, else a
+    # satellite's data location code); `preferredDataLocation` is the Entra property that decides
+    # where a personal site is *created*, so it can differ from `geo` (a profile stays where the
+    # personal site was made); `personal_site` says whether the OneDrive exists yet (Graph mySite
+    # is only there for users who have one).
+    geo: str = ""
+    preferredDataLocation: str | None = None
+    personal_site: bool = True
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "User":
@@ -48,6 +57,9 @@ class User:
             photo=PhotoSpec.from_json(photo) if photo else None,
             profile_linked=bool(data.get("profileLinked", True)),
             picture_naming=_naming(data.get("pictureNaming", "object-id")),
+            geo=str(data.get("geo") or "").upper(),
+            preferredDataLocation=data.get("preferredDataLocation") or None,
+            personal_site=bool(data.get("personalSite", True)),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -57,6 +69,8 @@ class User:
             "mail": self.mail, "userType": self.userType, "accountEnabled": self.accountEnabled,
             "profileLinked": self.profile_linked, "pictureNaming": self.picture_naming,
             "photo": self.photo.to_json() if self.photo else None,
+            "geo": self.geo, "preferredDataLocation": self.preferredDataLocation,
+            "personalSite": self.personal_site,
         }
 
 
@@ -85,6 +99,27 @@ class TenantOptions:
 
 
 @dataclass
+class GeoLocation:
+    """A satellite geo location of a Multi-Geo tenant: its own My Site and admin hosts (and root
+    site), whose User Photos folder is named in that geo's language (sp-dev-docs
+    multigeo-discovery.md: "language-specific tenant admin, root, and my site URLs"; the German
+    folder "Profilbilder", pnp/PnP #1419)."""
+
+    code: str                      # data location code, e.g. "EUR" (multigeo-discovery.md)
+    photos_folder: str = DEFAULT_FOLDER
+    hostname: str = ""             # the root site's host name Graph reports, e.g. contosoeur.sharepoint.com
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "GeoLocation":
+        code = str(data["code"]).upper()
+        return cls(code=code, photos_folder=(data.get("mysiteFolder") or DEFAULT_FOLDER).strip("/"),
+                   hostname=data.get("hostname") or f"contoso{code.lower()}.sharepoint.com")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"code": self.code, "mysiteFolder": self.photos_folder, "hostname": self.hostname}
+
+
+@dataclass
 class Tenant:
     """A whole simulated tenant."""
 
@@ -94,6 +129,11 @@ class Tenant:
     users: list[User] = field(default_factory=list)
     options: TenantOptions = field(default_factory=TenantOptions)
     groups: dict[str, list[str]] = field(default_factory=dict)  # group id -> member ids or UPNs
+    # Multi-Geo: the default geo's data location code ("" for a single-geo tenant, whose root site
+    # reports dataLocationCode "" in multigeo-discovery.md) and the satellite geos.
+    default_geo: str = ""
+    satellites: list[GeoLocation] = field(default_factory=list)
+    hostname: str = "contoso.sharepoint.com"  # the default geo's root site host name
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Tenant":
@@ -111,6 +151,9 @@ class Tenant:
             users=[User.from_json(u) for u in data.get("users", [])],
             options=options,
             groups={g["id"]: list(g.get("members", [])) for g in data.get("groups", [])},
+            default_geo=str(data.get("defaultGeo") or "").upper(),
+            satellites=[GeoLocation.from_json(g) for g in data.get("satellites", [])],
+            hostname=data.get("hostname") or "contoso.sharepoint.com",
         )
 
     @classmethod
@@ -126,6 +169,8 @@ class Tenant:
                         "noPhotoMetadataStyle": self.options.no_photo_metadata_style},
             "users": [u.to_json() for u in self.users],
             "groups": [{"id": gid, "members": members} for gid, members in self.groups.items()],
+            "defaultGeo": self.default_geo, "satellites": [g.to_json() for g in self.satellites],
+            "hostname": self.hostname,
         }
 
     def save(self, path: str | Path) -> None:
@@ -178,3 +223,21 @@ def make_tenant(
             profile_linked=linked,
         ))
     return Tenant(tenant_id=tenant_id, domain=domain, users=users)
+
+
+GERMAN_FOLDER = "User Photos/Profilbilder"  # the German My Site's photos folder (pnp/PnP #1419)
+
+
+def make_multigeo_tenant(n_users: int, **kwargs: Any) -> Tenant:
+    """A three-geo tenant like the one in sp-dev-docs multigeo-discovery.md: default NAM, EUR with a
+    German-language My Site (photos folder "Profilbilder"), APC. Users are spread round-robin over
+    the three geos, each with a personal site and preferredDataLocation set to their geo (NAM users
+    have none: their profile is in the default geo). Tests add the odd cases themselves."""
+    tenant = make_tenant(n_users, **kwargs)
+    tenant.default_geo = "NAM"
+    tenant.satellites = [GeoLocation("EUR", GERMAN_FOLDER, "contosoeur.sharepoint.com"),
+                         GeoLocation("APC", DEFAULT_FOLDER, "contosoapc.sharepoint.com")]
+    for i, user in enumerate(tenant.users):
+        user.geo = ("", "EUR", "APC")[i % 3]
+        user.preferredDataLocation = user.geo or None
+    return tenant

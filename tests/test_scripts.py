@@ -173,6 +173,19 @@ def test_dry_run_changes_nothing(run_script: Any) -> None:
     assert "would grant 'write'" in run.out and "(has: read)" in run.out
 
 
+def test_dry_run_lists_every_geos_my_site_host(run_script: Any) -> None:
+    state = tenant(["Sites.FullControl.All"])
+    state["sites"].update({"contosoeur-my.sharepoint.com": "eur-site",
+                           "contosoapc-my.sharepoint.com": "apc-site"})
+    run = run_script(state, "--dry-run", "--geos",
+                     "EUR=https://contosoeur-my.sharepoint.com,"
+                     "APC=https://contosoapc-my.sharepoint.com|https://contosoapc-admin.sharepoint.com")
+    assert run.code == 0, run.err
+    assert run.writes() == []
+    for host in (HOST, "contosoeur-my.sharepoint.com", "contosoapc-my.sharepoint.com"):
+        assert f"site https://{host}: would grant 'write'" in run.out
+
+
 def test_full_control_needs_no_site_grant(run_script: Any) -> None:
     run = run_script(tenant([]), "--full-control", "--groups")
     assert run.code == 0, run.err

@@ -103,3 +103,25 @@ def test_identity_based_storage_uses_the_configured_credential_kind() -> None:
                            ("managed-identity", aio.ManagedIdentityCredential)):
         storage = Settings.from_env({**env, "PHOTO_SYNC_CREDENTIAL": kind}).storage
         assert isinstance(storage_credential(storage), expected)
+
+
+def test_sharepoint_geos_name_each_geo_and_derive_its_admin_host() -> None:
+    settings = Settings.from_env({**BASE, "SHAREPOINT_GEOS":
+                                  "eur=https://contosoeur-my.sharepoint.com, "
+                                  "APC=https://apc.contoso.com|https://contosoapc-admin.sharepoint.com"})
+    assert settings.sharepoint_geos == (
+        ("EUR", "https://contosoeur-my.sharepoint.com", "https://contosoeur-admin.sharepoint.com"),
+        ("APC", "https://apc.contoso.com", "https://contosoapc-admin.sharepoint.com"))
+    assert Settings.from_env(BASE).sharepoint_geos == ()  # empty: discovered
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("EUR", "not CODE=URL"), ("EUROPE=https://contosoeur-my.sharepoint.com", "three-letter"),
+    ("EUR=http://contosoeur-my.sharepoint.com", "must use https"),
+    ("EUR=https://eur.contoso.com", "cannot be derived"),
+    ("EUR=https://contosoeur-my.sharepoint.com,EUR=https://x-my.sharepoint.com", "names EUR twice"),
+])
+def test_bad_sharepoint_geos_are_explained(value: str, message: str) -> None:
+    with pytest.raises(SettingsError, match="SHAREPOINT_GEOS") as raised:
+        Settings.from_env({**BASE, "SHAREPOINT_GEOS": value})
+    assert message in str(raised.value)

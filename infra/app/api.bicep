@@ -28,6 +28,7 @@ param graphBaseUrl string
 param sharePointMySiteUrl string
 param sharePointAdminUrl string = ''
 param photosFolder string = ''
+param sharepointGeos string = ''
 @secure()
 param graphClientState string
 param reconcileSchedule string
@@ -133,6 +134,7 @@ var appSettings = {
   SHAREPOINT_MYSITE_URL: sharePointMySiteUrl
   SHAREPOINT_ADMIN_URL: sharePointAdminUrl
   SHAREPOINT_PHOTOS_FOLDER: photosFolder
+  SHAREPOINT_GEOS: sharepointGeos
   SHAREPOINT_THUMBNAIL_NAMING: thumbnailNaming
   PHOTO_SYNC_ORGANISATION: organisation
   THUMBNAIL_SIZES: '48,72,200'
