@@ -174,8 +174,9 @@ class GeoClients:
         self._clients: dict[str, SharePointProfiles] = {}
         self._lock = asyncio.Lock()  # concurrent syncs at start: one table read, one discovery
 
-    async def geo_map(self) -> GeoMap:
-        """The tenant's geos: configured, or discovered at most once a day (state table)."""
+    async def geo_map(self, remember: bool = True) -> GeoMap:
+        """The tenant's geos: configured, or discovered at most once a day (state table).
+        `remember=False` (read-only commands) keeps a new discovery out of the state table."""
         if self._settings.sharepoint_geos:
             return configured(self._settings)
         key = self._settings.state_table
@@ -183,11 +184,11 @@ class GeoClients:
             cached = _cache.get(key)
             if cached and time.monotonic() - cached[1] < PROCESS_CACHE_SECONDS:
                 return cached[0]
-            geos = await self._stored_or_discovered()
+            geos = await self._stored_or_discovered(remember)
             _cache[key] = (geos, time.monotonic())
             return geos
 
-    async def _stored_or_discovered(self) -> GeoMap:
+    async def _stored_or_discovered(self, remember: bool = True) -> GeoMap:
         stored = await self._state.get_geos()
         now = datetime.now(timezone.utc)
         if stored is not None and now - stored[1] < DISCOVERY_MAX_AGE:
@@ -203,7 +204,8 @@ class GeoClients:
             else configured(self._settings)
         if geos.multi:
             log.info("SharePoint geo locations: %s", ", ".join(g.key for g in geos.geos))
-        await self._state.save_geos(geos.to_json(), now)
+        if remember:
+            await self._state.save_geos(geos.to_json(), now)
         return geos
 
     def client(self, geo: Geo) -> SharePointProfiles:

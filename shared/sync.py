@@ -49,9 +49,10 @@ class SyncContext:
     state: StateStore
     geos: GeoClients | None = None  # Multi-Geo: the geos and a client per geo (shared/geos.py)
 
-    async def geo_map(self) -> GeoMap:
-        """The tenant's geos (one for a single-geo tenant; no request per user either way)."""
-        return await self.geos.geo_map() if self.geos else configured(self.settings)
+    async def geo_map(self, remember: bool = True) -> GeoMap:
+        """The tenant's geos (one for a single-geo tenant; no request per user either way);
+        `remember=False`: a read-only command's, which writes no discovery to the state table."""
+        return await self.geos.geo_map(remember) if self.geos else configured(self.settings)
 
 
 @asynccontextmanager
@@ -152,7 +153,7 @@ def note_waiting(state: UserState) -> None:
         state.waiting_since = None
 
 
-async def _locate(context: SyncContext, geos: GeoMap, user: DirectoryUser,
+async def locate_profile(context: SyncContext, geos: GeoMap, user: DirectoryUser,
                   state: UserState) -> tuple[SyncContext, Profile | None, bool]:
     """The user's profile, read through the geo that holds it, and the context whose `sharepoint`
     is that geo's client; and whether the profile moved geo since the last sync.
@@ -188,7 +189,7 @@ async def _sync(context: SyncContext, user: DirectoryUser, state: UserState, for
     etag = await context.graph.get_photo_etag(user.id)
     if etag and etag == state.seen_etag and not force:
         last = f" (last outcome: {state.outcome})" if state.outcome not in ("", "updated") else ""
-        if not recheck or not (await _locate(context, geos, user, state))[2]:
+        if not recheck or not (await locate_profile(context, geos, user, state))[2]:
             return result(Outcome.UNCHANGED, "photo etag unchanged" + last, reasons.ETAG_UNCHANGED)
         force = True  # the profile moved geo: its picture goes into the new geo's library
     if not etag:
@@ -204,7 +205,7 @@ async def _sync(context: SyncContext, user: DirectoryUser, state: UserState, for
         state.seen_etag = etag  # this photo will never work: do not download it again
         return result(Outcome.FAILED, f"photo refused: {rejected}", rejected.code)
 
-    context, profile, moved = await _locate(context, geos, user, state)
+    context, profile, moved = await locate_profile(context, geos, user, state)
     force = force or moved  # thumbnails and link go into the geo the profile moved to
     sharepoint = context.sharepoint
     if profile is None:  # not seen: try again once SharePoint has created the profile
@@ -283,7 +284,7 @@ async def _remove(context: SyncContext, user: DirectoryUser, state: UserState, d
     had_upload, had_photo = bool(state.uploaded_hash), bool(state.seen_etag)
     if not had_upload and not had_photo:
         return result(Outcome.NO_PHOTO, "no photo in Microsoft 365", reasons.NO_PHOTO_SET)
-    context, profile, _ = await _locate(context, geos, user, state)
+    context, profile, _ = await locate_profile(context, geos, user, state)
     sharepoint = context.sharepoint
     linked = await sharepoint.linked_stem(profile) if profile else None
     if linked is None and not (had_upload and state.picture_stem):

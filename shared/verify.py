@@ -18,7 +18,7 @@ import heapq
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -27,6 +27,7 @@ from azure.core.exceptions import AzureError
 
 from . import telemetry
 from .credentials import CachingCredential
+from .geos import GeoMap
 from .graph import BATCH_SIZE, DirectoryUser, GraphError
 from .operations import VERIFY_STATES
 from .pacing import RU_PER_REQUEST
@@ -36,7 +37,7 @@ from .scope import out_of_scope, scope_groups, uses_groups
 from .settings import Settings
 from .sharepoint import SUFFIXES, PhotosFolderUnknown, Profile, SharePointError
 from .state import SeenIndex, UserState, utc_now
-from .sync import SyncContext, open_context
+from .sync import GeoUnknown, SyncContext, locate_profile, open_context
 from .thumbnails import ImageRejected, difference, make_thumbnails, placeholder_thumbnails, shown_size
 
 CURRENT, PENDING, STALE, NOT_LINKED = "current", "pending", "stale", "not_linked"
@@ -168,10 +169,12 @@ def reconcile_interval(settings: Settings) -> timedelta:
 
 @dataclass(frozen=True)
 class _Pass:
-    """What tells `pending` from `stale`: the reconciliation's last complete pass."""
+    """What tells `pending` from `stale`: the reconciliation's last complete pass; and the
+    tenant's geos, to read each profile where it lives (Multi-Geo), as the sync does."""
 
     last_completed: datetime | None
     interval: timedelta
+    geos: GeoMap
 
     def keeps_up(self, now: datetime) -> bool:
         """A change photo-sync has not handled yet is `pending` while the reconciliation completes
@@ -199,7 +202,8 @@ async def run_verify(settings: Settings, *, sample: int = DEFAULT_SAMPLE, everyo
     with telemetry.counting() as counts:
         async with open_context(settings, credential) as context:
             cursor = await context.state.get_cursor()
-            reconciliation = _Pass(cursor.last_completed_at, reconcile_interval(settings))
+            reconciliation = _Pass(cursor.last_completed_at, reconcile_interval(settings),
+                                   await context.geo_map(remember=False))
             if everyone:  # counted first, for the estimate; then verified a chunk at a time
                 report.in_scope = len(await _ids_in_scope(context))
                 if on_total:
@@ -324,7 +328,7 @@ async def _read(what: str, doing: str, call: Any) -> Any:
     permission that reads it."""
     try:
         return await call
-    except PhotosFolderUnknown as error:
+    except (PhotosFolderUnknown, GeoUnknown) as error:
         raise _Unreadable(str(error)) from None
     except (GraphError, SharePointError, AzureError, httpx.HTTPError, OSError) as error:
         text = str(error) or type(error).__name__
@@ -336,14 +340,18 @@ async def _read(what: str, doing: str, call: Any) -> Any:
 
 async def _judge(context: SyncContext, user: DirectoryUser, etags: dict[str, str | None],
                  reconciliation: _Pass) -> tuple[str, str]:
-    graph, sharepoint = context.graph, context.sharepoint
+    graph = context.graph
     if user.id in etags:
         etag = etags[user.id]
     else:
         etag = await _read("photo", "the photo's metadata", graph.get_photo_etag(user.id))
     photo = await _read("photo", "the photo", graph.get_photo_bytes(user.id)) if etag else None
     row = await _read("state", "photo-sync's state", context.state.get(user.id))
-    profile = await _read("profile", "the profile", sharepoint.get_profile(user.upn))
+    # the profile read through the geo that holds it (sync.locate_profile), on a copy of the
+    # state row: verify records nothing
+    where = replace(row) if row is not None else UserState(user_id=user.id, upn=user.upn)
+    context, profile, _moved = await _read(
+        "profile", "the profile", locate_profile(context, reconciliation.geos, user, where))
     shown = await _shown_files(context, profile)
     if shown is None:  # a placeholder, no profile, or a picture outside the photos folder
         if photo:
