@@ -19,10 +19,11 @@ from shared.__main__ import main
 from shared.handlers import get_settings
 from shared.state import ReconcileCursor, StateStore, utc_now
 from shared.thumbnails import make_thumbnails
-from simulator.core import TenantSimulator
+from simulator.core import TenantSimulator, picture_stem
 from simulator.images import PhotoSpec, render
-from simulator.tenant import User
+from simulator.tenant import GERMAN_FOLDER, User
 from tests.test_admin import deployed  # noqa: F401 (fixture)
+from tests.test_multigeo import geo_sim  # noqa: F401 (fixture)
 from tests.test_cli import ROOT, cli
 
 pytestmark = pytest.mark.usefixtures("app_env")
@@ -247,3 +248,14 @@ def test_verify_inside_the_deployed_app_gives_the_local_report(
     assert table.stdout.startswith("Ran as app ") and "current" in table.stdout
     bad = cli("verify", "--app", deployed, "--all", upn(sim, "adele"))
     assert bad.returncode == 2 and "not both" in bad.stderr
+
+
+def test_on_a_multi_geo_tenant_each_profile_is_judged_in_its_own_geo(
+        geo_sim: TenantSimulator) -> None:
+    sync_everyone()
+    report = run(everyone=True)
+    assert {v.state for v in report.verdicts} == {"current"}, report.verdicts
+    assert len(report.verdicts) == len(geo_sim.users())
+    eur = next(u for u in geo_sim.users() if u.geo == "EUR" and u.profile_linked)
+    geo_sim.delete_file(f"/{GERMAN_FOLDER}/{picture_stem(eur)}_SThumb.jpg", geo="EUR")
+    assert verdicts(run(users=[eur.userPrincipalName])) == {eur.userPrincipalName: "broken_link"}
