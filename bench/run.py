@@ -34,7 +34,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench import multigeo, scale
+from bench import multigeo, preflight, scale
 from bench import verify as verify_bench
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -764,6 +764,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "it; default 1000)")
     parser.add_argument("--multigeo-users", type=int, default=3_000,
                         help="tenant size of the three-geo scenario (0 skips it; default 3000)")
+    parser.add_argument("--preflight-users", type=int, default=10_000,
+                        help="tenant size of the preflight scenario (0 skips it; default 10000)")
+    parser.add_argument("--preflight-sample", type=int, default=200,
+                        help="users preflight samples (default 200)")
     parser.add_argument("--json", metavar="PATH", help="also write every figure as JSON")
     args = parser.parse_args(argv)
     args.size_list = [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
@@ -798,6 +802,8 @@ def main(argv: list[str] | None = None) -> int:
             refused = verify_bench.refused_writes(azurite, args, console)
         if args.multigeo_users:
             geos = multigeo.multigeo(azurite, args, console)
+        checked = preflight.preflight_bench(azurite, args, console) \
+            if args.preflight_users else None
     if results:
         print_tables(results, thumbs, args)
     scale.print_scale_tables(results, initial, args, console)
@@ -809,12 +815,14 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps(
             {"machine": info, "args": {k: v for k, v in vars(args).items()},
              "thumbnails": thumbs, "sizes": [r.__dict__ for r in results],
-             "initial_sync": initial, "multi_geo": geos, "verify": verified,
-             "refused_writes": refused}, indent=2, default=str))
+             "initial_sync": initial, "multi_geo": geos, "preflight": checked,
+             "verify": verified, "refused_writes": refused}, indent=2, default=str))
     if initial:
         print(scale.initial_sync_line(initial), flush=True)
     if geos:
         print(multigeo.multigeo_line(geos), flush=True)
+    if checked:
+        print(preflight.preflight_line(checked), flush=True)
     if verified:
         print(verify_bench.verify_line(verified), flush=True)
     if refused:

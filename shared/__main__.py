@@ -28,7 +28,7 @@ from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
-from . import __version__, admin, operations, reasons, remote, telemetry
+from . import __version__, admin, operations, preflight, reasons, remote, telemetry
 from . import verify as verify_module
 from .credentials import CachingCredential
 from .graph import GraphError
@@ -210,6 +210,10 @@ def _parser() -> argparse.ArgumentParser:
                               "it; delete it (both write: --app)")
     _add_app_command(subscription, "subscription", lambda a: {"action": a.action},
                      _render_subscription)
+
+    checks = command("preflight", help=preflight.HELP, description=preflight.DESCRIPTION)
+    preflight.add_arguments(checks)
+    _add_app_command(checks, "preflight", preflight.cli_options, preflight.render_cli)
     return parser
 
 
@@ -366,7 +370,10 @@ def _print_results(results: list[SyncResult], output: str) -> None:
         return
     _print_lines(("user", "outcome", "reason code: sentence"),
                  [(r.upn or r.user_id, r.outcome.value, _coded(r.code, r.reason)) for r in results])
-    Console().print(", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items())) or "no users")
+    summary = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items())) or "no users"
+    if any(r.dry_run for r in results):
+        summary = f"dry run, nothing written: a real run would give {summary}"
+    Console(highlight=False).print(summary)
 
 
 def _outcome_list(text: str) -> list[str]:
@@ -533,7 +540,8 @@ async def _link_command(args: argparse.Namespace) -> int:
             results.append(result)
             bar.advance(task)
     if not _emit_rows([{"userId": r.user_id, "upn": r.upn, "linked": r.linked, "reason": r.reason,
-                        "reasonCode": r.code} for r in results], args.output, "results"):
+                        "reasonCode": r.code, **({"dry_run": True} if r.dry_run else {})}
+                       for r in results], args.output, "results"):
         table = Table("user", "linked", "reason")
         for result in results:
             table.add_row(result.upn or result.user_id, "yes" if result.linked else "no",

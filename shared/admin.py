@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import jwt
 from azure.core.exceptions import AzureError
 
-from . import counters, operations, subscriptions
+from . import counters, operations, preflight, subscriptions
 from .handlers import UNPAUSE_HINT, get_credential, run_reconcile
 from .inputs import MAX_SYNC_BODY_BYTES, InputTooLarge, InvalidMessage, load_json
 from .settings import Settings
@@ -154,13 +154,27 @@ async def replay_poison_command(settings: Settings, options: dict[str, Any]) -> 
     return {"messages": moved, "dryRun": dry_run}
 
 
-# One line per command. Commands built elsewhere register the same way, e.g.
-#   register("preflight", preflight_command, writes=lambda o: bool(o.get("write_test")))
+async def preflight_command(settings: Settings, options: dict[str, Any]) -> dict[str, Any]:
+    """What photo-sync will do on this tenant (shared/preflight.py): read-only, except the probe
+    write and the no-op profile write of `write_test`. `progress` is the CLI's own callable."""
+    only(options, "sample", "all", "write_test", "progress")
+    sample = option(options, "sample", int, preflight.DEFAULT_SAMPLE)
+    if sample < 1:
+        raise BadOptions("option 'sample' must be at least 1")
+    progress = options.get("progress")
+    return await preflight.preflight_command(settings, {
+        "sample": sample, "all": option(options, "all", bool, False),
+        "write_test": option(options, "write_test", bool, False),
+        "progress": progress if callable(progress) else None})
+
+
 register("subscription", subscription_command, writes=lambda o: o.get("action") in ("ensure", "delete"))
 # a dry run queues nothing but still takes the reconciliation lease in the state table
 register("reconcile", reconcile_command, writes=True)
 register("counters", counters_command, writes=lambda o: o.get("action") == "rebuild")
 register("replay-poison", replay_poison_command, writes=lambda o: not o.get("dry_run"))
+# read-only; the write test's probe and no-op profile write must be the app's own
+register("preflight", preflight_command, writes=lambda o: bool(o.get("write_test")))
 register("verify", verify_command)  # read-only (shared/verify.py)
 
 

@@ -277,6 +277,16 @@ class GraphDirectory:
         etag = photo.get("@odata.mediaEtag")
         return str(etag) if etag else None
 
+    async def licence_count(self) -> int | None:
+        """Enabled licences of the tenant's user SKUs (`GET /subscribedSkus`, needs
+        LicenseAssignment.Read.All): what SharePoint's per-app budget tier follows; None when
+        there are none."""
+        builder = self.client.subscribed_skus
+        body = await self._get_json(builder.to_get_request_information, "reading subscribedSkus")
+        skus = [s for s in (body or {}).get("value") or []
+                if s.get("appliesTo") == "User" and s.get("capabilityStatus") == "Enabled"]
+        return sum(int((s.get("prepaidUnits") or {}).get("enabled") or 0) for s in skus) or None
+
     async def get_photo_bytes(self, user_id: str) -> bytes | None:
         """The photo at 648x648 when Graph has that size, else the original; None if no photo."""
         user = self.client.users.by_user_id(user_id)
@@ -321,7 +331,9 @@ class GraphDirectory:
                     wait = max(wait, _retry_after(headers))
                 else:
                     code = body.get("error", {}).get("code") if isinstance(body, dict) else None
-                    raise GraphError(f"Graph answered {status} for a photo in a batch ({code})")
+                    failure = GraphError(f"Graph answered {status} for a photo in a batch ({code})")
+                    failure.status = status
+                    raise failure
             if not throttled:
                 return etags
             if on_throttled:

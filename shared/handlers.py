@@ -17,7 +17,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
-from azure.core.exceptions import AzureError
+from azure.core.exceptions import AzureError, ResourceNotFoundError
 
 from . import geos, pacing, telemetry
 from .credentials import CachingCredential, build_credential
@@ -52,7 +52,7 @@ from .queue import (
 )
 from .reconcile import DEFAULT_TIME_BUDGET_SECONDS, ReconcileReport, reconcile
 from .settings import Settings
-from .sharepoint import SharePointProfiles
+from .sharepoint import SharePointProfiles, forget_learnt_sizes
 from .state import StateStore
 from .subscriptions import SubscriptionStatus, ensure_subscription, reauthorize
 from .sync import SyncContext, SyncResult, UserBusy, open_context, sync_user
@@ -94,6 +94,7 @@ def reset_process_caches() -> None:
     get_settings.cache_clear()
     get_credential.cache_clear()
     pacing.reset()
+    forget_learnt_sizes()
     geos.reset()
     _process_clients.clear()
 
@@ -426,8 +427,11 @@ async def poison_now(queue_name: str, body: str | bytes) -> None:
         log.error("an invalid message too large to keep was dropped", extra={"queue": queue_name})
         return
     async with queue_client(get_settings().storage, f"{queue_name}-poison") as client:
-        await create_queue_if_missing(client)
-        await client.send_message(text)
+        try:
+            await client.send_message(text)
+        except ResourceNotFoundError:  # the first message ever poisoned
+            await create_queue_if_missing(client)
+            await client.send_message(text)
 
 
 async def handle_control_message(body: str | bytes) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import asyncio
 import csv
 import io
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -30,6 +30,7 @@ from .queue import (
 from .settings import Settings
 from .sharepoint import ProfileWriteRefused, SharePointError, SharePointProfiles, new_stem
 from .state import StateStore, UserState, VerifyRecord, table_client, utc_now
+from .writes import IntendedWrites, SharePointWrites, Writes
 
 NEEDS_LINK = "needs_profile_link"
 WAITING_RESCAN = timedelta(minutes=15)  # how often the health record looks for the oldest wait
@@ -251,6 +252,7 @@ class LinkResult:
     linked: bool
     reason: str
     code: str = ""
+    dry_run: bool = False  # what the real run would answer; nothing was written
 
 
 async def users_needing_link(store: StateStore) -> AsyncIterator[UserState]:
@@ -292,6 +294,8 @@ async def link_profiles(settings: Settings, admin_credential: CachingCredential,
     reported without being linked (a progress bar, a summary).
 
     Each success is recorded at once (outcome `updated`), so a second run continues with the rest.
+    A dry run takes the same steps through a writer that writes nothing (shared/writes.py) and
+    expects the administrator's write to be accepted.
     """
     store = StateStore.from_settings(settings)
     # Multi-Geo: each profile is linked through its own geo's admin host (shared/geos.py)
@@ -308,6 +312,9 @@ async def link_profiles(settings: Settings, admin_credential: CachingCredential,
                                                           geo.mysite_url, geo.admin_url)
         return clients[geo.key]
 
+    # an administrator's delegated rights say nothing about the app's: never recorded as the app's
+    writes: Writes = IntendedWrites("allowed") if dry_run else \
+        SharePointWrites(clients[""], store, learn=False)
     try:
         geo_map = await geos.known(settings, store)
         skipped: list[LinkResult] = []
@@ -318,7 +325,7 @@ async def link_profiles(settings: Settings, admin_credential: CachingCredential,
         if on_start:
             on_start(len(pending), len(skipped))
         for result in skipped:
-            yield result
+            yield replace(result, dry_run=dry_run)
         for state in pending:
             # exactly the files the app uploaded for this user (recorded in the state table)
             stem = state.picture_stem or new_stem(settings.thumbnail_naming, state.user_id, state.upn)
@@ -326,29 +333,27 @@ async def link_profiles(settings: Settings, admin_credential: CachingCredential,
             if profiles is None:
                 yield LinkResult(state.user_id, state.upn, False,
                                  f"the profile is in geo {state.geo}, which photo-sync no longer "
-                                 "knows: add it to SHAREPOINT_GEOS", reasons.LINK_ERROR.code)
-                continue
-            if dry_run:
-                yield LinkResult(state.user_id, state.upn, False,
-                                 f"dry run: would link to {await profiles.picture_url(stem)}",
-                                 reasons.DRY_RUN.code)
+                                 "knows: add it to SHAREPOINT_GEOS", reasons.LINK_ERROR.code,
+                                 dry_run)
                 continue
             try:
-                await profiles.link_picture(state.upn, stem)
+                await writes.on(profiles).link_picture(state.upn, stem)
             except ProfileWriteRefused as refused:
                 yield LinkResult(state.user_id, state.upn, False,
                                  f"{refused}: sign in as a SharePoint administrator",
-                                 reasons.ADMIN_LINK_REFUSED.code)
+                                 reasons.ADMIN_LINK_REFUSED.code, dry_run)
                 continue
             except SharePointError as error:
                 yield LinkResult(state.user_id, state.upn, False, str(error),
-                                 reasons.LINK_ERROR.code)
+                                 reasons.LINK_ERROR.code, dry_run)
                 continue
             state.outcome, state.reason = "updated", reasons.LINKED_BY_ADMIN.sentence
             state.reason_code = reasons.LINKED_BY_ADMIN.code
             state.picture_stem, state.profile_linked, state.waiting_since = stem, True, None
-            await store.save(state)
-            yield LinkResult(state.user_id, state.upn, True, state.reason, state.reason_code)
+            await writes.save(state)
+            reason = state.reason if not dry_run else \
+                f"{state.reason} (would link to {await profiles.picture_url(stem)})"
+            yield LinkResult(state.user_id, state.upn, True, reason, state.reason_code, dry_run)
     finally:
         for client in clients.values():
             await client.close()

@@ -29,7 +29,12 @@ class SyncResult:
     outcome: Outcome
     reason: str = ""
     code: str = ""  # stable reason code, shared/reasons.py
+    dry_run: bool = False  # what a real run would do; nothing was written
 
-    def as_dict(self) -> dict[str, str]:
-        return {"userId": self.user_id, "upn": self.upn, "outcome": self.outcome.value,
-                "reasonCode": self.code, "reason": self.reason}
+    def as_dict(self) -> dict[str, str | bool]:
+        row: dict[str, str | bool] = {"userId": self.user_id, "upn": self.upn,
+                                      "outcome": self.outcome.value, "reasonCode": self.code,
+                                      "reason": self.reason}
+        if self.dry_run:
+            row["dry_run"] = True
+        return row

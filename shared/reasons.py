@@ -53,9 +53,6 @@ PLACEHOLDER_FLAG_CLEARED = _code(
     "thumbnails replaced and the profile's placeholder flag cleared", "Nothing.")
 LINKED_BY_ADMIN = _code(
     "linked_by_admin", UPDATED, "profile linked by an administrator", "Nothing.")
-DRY_RUN = _code(
-    "dry_run", (UPDATED, PHOTO_REMOVED), "dry run: nothing was written",
-    "Nothing: a `--dry-run` says what a real run would do; its outcome is never recorded.")
 
 # unchanged
 ETAG_UNCHANGED = _code(

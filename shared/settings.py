@@ -96,6 +96,8 @@ class Settings:
     # Multi-Geo: (data location code, My Site URL, admin URL) per geo from SHAREPOINT_GEOS; empty =
     # discover the geos (shared/geos.py)
     sharepoint_geos: tuple[tuple[str, str, str], ...] = ()
+    # THUMBNAIL_SIZES was set: it wins over the L size learnt from the tenant's files (sync.py)
+    thumbnail_sizes_configured: bool = False
 
     @property
     def poison_queue_name(self) -> str:
@@ -216,6 +218,7 @@ class Settings:
             log_upns=reader.flag("PHOTO_SYNC_LOG_UPNS", False),
             paused=reader.flag("PHOTO_SYNC_PAUSED", False),
             sharepoint_geos=_read_geos(reader),
+            thumbnail_sizes_configured=bool((env.get("THUMBNAIL_SIZES") or "").strip()),
         )
         if reader.problems:
             raise SettingsError(reader.problems)

@@ -40,8 +40,20 @@ _DOTNET_EPOCH = datetime(1, 1, 1, tzinfo=timezone.utc)
 _APP_ONLY_REFUSAL = "managing your own data or have administrator privileges"
 
 
+_LARGE_PX: dict[str, int] = {}  # My Site host -> the L thumbnail size its files have
+_LARGE_PX_ATTEMPTS: dict[str, int] = {}
+
+
+def forget_learnt_sizes() -> None:
+    """Forget the L sizes learnt (tests and the local host change tenants)."""
+    _LARGE_PX.clear()
+    _LARGE_PX_ATTEMPTS.clear()
+
+
 class SharePointError(RuntimeError):
     """A SharePoint call failed in a way a later retry may fix."""
+
+    status: int | None = None  # SharePoint's HTTP status, when it answered
 
 
 class SharePointThrottled(SharePointError, Throttled):
@@ -50,7 +62,12 @@ class SharePointThrottled(SharePointError, Throttled):
 
 
 class ProfileWriteRefused(RuntimeError):
-    """SharePoint refuses profile property writes to this (app-only) identity."""
+    """SharePoint refuses profile property writes to this (app-only) identity; `status` is the
+    HTTP status that said so (the tenant's profile-write record keeps it)."""
+
+    def __init__(self, message: str, status: int = 403) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class PhotosFolderUnknown(SharePointError):
@@ -180,6 +197,25 @@ class SharePointProfiles:
     # The photos folder: its name follows the My Site language ("Profilbilder" in German, pnp/PnP
     # #1419), so it is learned from a linked profile's PictureURL, else read from the library.
 
+    # The tenant's L thumbnail size, learnt from an existing file (shared/sync.py): one read per
+    # process and My Site host, whichever event loop and client made it.
+
+    @property
+    def large_px(self) -> int | None:
+        return _LARGE_PX.get(self.mysite_url.lower())
+
+    @large_px.setter
+    def large_px(self, size: int) -> None:
+        _LARGE_PX[self.mysite_url.lower()] = size
+
+    @property
+    def large_px_attempts(self) -> int:
+        return _LARGE_PX_ATTEMPTS.get(self.mysite_url.lower(), 0)
+
+    @large_px_attempts.setter
+    def large_px_attempts(self, attempts: int) -> None:
+        _LARGE_PX_ATTEMPTS[self.mysite_url.lower()] = attempts
+
     async def folder_path(self) -> str:
         """The photos folder, server-relative: configured, learned from a profile, or discovered."""
         if self._folder is None:
@@ -241,6 +277,19 @@ class SharePointProfiles:
         response = await self._http.post(url, content=data, headers={"Content-Type": "image/jpeg"})
         _raise_for_status(response, f"uploading {suffix} thumbnail")
 
+    async def read_folder(self) -> tuple[str, int]:
+        """The photos folder (server-relative) and its item count, read from SharePoint: proves the
+        library and the folder are readable, even when SHAREPOINT_PHOTOS_FOLDER names it."""
+        path = await self.folder_path()
+        url = (f"{self.mysite_url}/_api/web/GetFolderByServerRelativePath("
+               f"decodedurl={odata_literal(path)})")
+        response = await self._http.get(url)
+        if response.status_code == 404:
+            raise PhotosFolderUnknown(f"the photos folder {path} does not exist on the My Site "
+                                      "host")
+        _raise_for_status(response, "reading the photos folder")
+        return path, int(response.json().get("ItemCount") or 0)
+
     async def download(self, stem: str, suffix: str) -> bytes | None:
         """The bytes of `{stem}_{suffix}Thumb.jpg` in the photos folder; None when it is missing."""
         path = f"{await self.folder_path()}/{stem}_{suffix}Thumb.jpg"
@@ -282,7 +331,7 @@ class SharePointProfiles:
         response = await self._http.post(url, json={"accountName": claims_account(upn),
                                                      "propertyName": name, "propertyValue": value})
         if response.status_code in (401, 403) or _APP_ONLY_REFUSAL in response.text:
-            raise ProfileWriteRefused(_error_text(response))
+            raise ProfileWriteRefused(_error_text(response), response.status_code)
         _raise_for_status(response, f"writing {name}")
 
     async def link_picture(self, upn: str, stem: str) -> None:
@@ -328,4 +377,6 @@ def _raise_for_status(response: httpx.Response, doing: str) -> None:
     if response.status_code in (429, 503):
         raise SharePointThrottled(f"{_error_text(response)} while {doing}",
                                   throttle_wait(response.headers))
-    raise SharePointError(f"{_error_text(response)} while {doing}")
+    failure = SharePointError(f"{_error_text(response)} while {doing}")
+    failure.status = response.status_code
+    raise failure

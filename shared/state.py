@@ -25,6 +25,8 @@ from .settings import Settings, StorageSettings
 
 USER_PARTITION = "user"
 CONTROL_PARTITION = "control"
+PROFILE_WRITES_ROW = "profile-writes"
+PROFILE_WRITE_ANSWERS = ("allowed", "refused", "untested")
 
 
 def utc_now() -> datetime:
@@ -107,6 +109,22 @@ class VerifyRecord:
     def as_dict(self) -> dict[str, Any]:
         return {"at": self.finished_at.isoformat(timespec="seconds"), "sampled": self.sampled,
                 "counts": self.counts, "badRunsInARow": self.bad_runs_in_a_row}
+
+
+@dataclass(frozen=True)
+class ProfileWritesRecord:
+    """Whether SharePoint lets this app write profile properties (tenant-wide, learnt once): the
+    answer, when and from which HTTP status it was learnt, and who learnt it. `untested` until the
+    sync's first profile write or `preflight --write-test`."""
+
+    answer: str = "untested"  # PROFILE_WRITE_ANSWERS
+    learnt_at: datetime | None = None
+    http_status: int | None = None
+    source: str = ""  # "sync" or "preflight --write-test"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"answer": self.answer, "learntAt": self.learnt_at.isoformat()
+                if self.learnt_at else None, "httpStatus": self.http_status, "source": self.source}
 
 
 # Bounded retries: the SDK default keeps retrying an unreachable endpoint for over a minute.
@@ -363,6 +381,30 @@ class StateStore:
             if getattr(cursor, name) is not None:
                 entity[name] = getattr(cursor, name)
         await self._client.upsert_entity(entity, mode=UpdateMode.MERGE)
+
+    async def get_profile_writes(self) -> ProfileWritesRecord:
+        """The tenant's recorded profile-write answer (`untested` when none is recorded)."""
+        entity = await self._control(PROFILE_WRITES_ROW)
+        if not entity or entity.get("answer") not in PROFILE_WRITE_ANSWERS:
+            return ProfileWritesRecord()
+        status = entity.get("http_status")
+        return ProfileWritesRecord(entity["answer"], entity.get("learnt_at"),
+                                   int(status) if status is not None else None,
+                                   entity.get("source", ""))
+
+    async def record_profile_writes(self, answer: str, http_status: int,
+                                    source: str) -> ProfileWritesRecord:
+        """Record what a profile write just taught (`allowed` or `refused`)."""
+        if answer not in PROFILE_WRITE_ANSWERS:
+            raise ValueError(f"answer must be one of {PROFILE_WRITE_ANSWERS}")
+        record = ProfileWritesRecord(answer, utc_now(), http_status, source)
+        await self._ensure_table()
+        await self._client.upsert_entity({"PartitionKey": CONTROL_PARTITION,
+                                          "RowKey": PROFILE_WRITES_ROW, "answer": answer,
+                                          "learnt_at": record.learnt_at,
+                                          "http_status": http_status, "source": source},
+                                         mode=UpdateMode.REPLACE)
+        return record
 
     async def acquire_lease(self, name: str, owner: str, seconds: float) -> bool:
         """Take a named lease unless another owner holds an unexpired one (optimistic concurrency)."""

@@ -12,7 +12,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from . import reasons, telemetry
 from .credentials import CachingCredential, build_credential
@@ -31,7 +31,14 @@ from .sharepoint import (
     new_stem,
 )
 from .state import StateStore, UserState, utc_now
-from .thumbnails import ImageRejected, Thumbnails, make_thumbnails, placeholder_thumbnails
+from .thumbnails import (
+    ImageRejected,
+    Thumbnails,
+    make_thumbnails,
+    picture_px,
+    placeholder_thumbnails,
+)
+from .writes import UNTESTED_NOTE, IntendedWrites, SharePointWrites, Writes
 
 log = logging.getLogger("photo_sync.sync")
 
@@ -47,6 +54,20 @@ class SyncContext:
     graph: GraphDirectory
     sharepoint: SharePointProfiles  # the default geo's; a user's own geo's during their sync
     state: StateStore
+    writes: Writes | None = None  # performs the writes; built from sharepoint and state if None
+    _intended: IntendedWrites | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.writes is None:
+            self.writes = SharePointWrites(self.sharepoint, self.state)
+
+    async def intended_writes(self) -> IntendedWrites:
+        """The dry run's writer: records writes, and answers profile writes as the tenant's
+        recorded profile-write answer says (read once per context)."""
+        if self._intended is None:
+            record = await self.state.get_profile_writes()
+            self._intended = IntendedWrites(record.answer)
+        return self._intended
     geos: GeoClients | None = None  # Multi-Geo: the geos and a client per geo (shared/geos.py)
 
     async def geo_map(self, remember: bool = True) -> GeoMap:
@@ -84,28 +105,48 @@ USER_LEASE_SECONDS = 60  # longer than one user's sync; a crashed worker's lease
 
 async def sync_user(context: SyncContext, request: SyncRequest, dry_run: bool = False) -> SyncResult:
     """Bring one user's SharePoint picture in line with their Microsoft 365 photo; log one
-    "sync finished" record with the outcome, its code, the duration and the requests it took."""
+    "sync finished" record with the outcome, its code, the duration and the requests it took.
+
+    A dry run takes the same decisions through a writer that only records (shared/writes.py):
+    no SharePoint write, no state saved, no lease. Its result is the real run's, marked
+    `dry_run`; where it depends on an untested profile write, the reason says so."""
+    writes = await context.intended_writes() if dry_run else context.writes
+    assert writes is not None
     with telemetry.counting() as counts:
-        result = await _sync_user(context, request, dry_run)
+        result = await _sync_user(context, request, writes)
+    if dry_run:
+        result = _as_prediction(result, writes)
     telemetry.log_sync(result, request.reason, counts, dry_run=dry_run)
     return result
 
 
-async def _sync_user(context: SyncContext, request: SyncRequest, dry_run: bool) -> SyncResult:
+# Outcomes that depend on whether SharePoint accepts the app's profile writes
+_WRITE_DEPENDENT = {reasons.APP_ONLY_LINK_REFUSED.code, reasons.PROFILE_LINKS_ELSEWHERE.code,
+                    reasons.PLACEHOLDER_FLAG_REFUSED.code, reasons.UNLINK_REFUSED_PLACEHOLDER.code}
+
+
+def _as_prediction(result: SyncResult, writes: Writes) -> SyncResult:
+    """Mark a dry run's result; say when it rests on an untested profile write."""
+    untested = isinstance(writes, IntendedWrites) and writes.profile_writes == "untested"
+    reason = result.reason
+    if untested and result.code in _WRITE_DEPENDENT:
+        reason = f"{reason} ({UNTESTED_NOTE})"
+    return replace(result, reason=reason, dry_run=True)
+
+
+async def _sync_user(context: SyncContext, request: SyncRequest, writes: Writes) -> SyncResult:
     geos = await context.geo_map()
     user = await context.graph.get_user(request.user_id, geo_fields=geos.multi)
     if user is None:
         return SyncResult(request.user_id, "", Outcome.SKIPPED, "no such user in the directory",
                           reasons.USER_NOT_FOUND.code)
-    if dry_run:
-        return await _sync_and_record(context, user, request, geos, dry_run=True)
     owner, lease = uuid.uuid4().hex, f"user-{user.id}"
-    if not await context.state.acquire_lease(lease, owner, USER_LEASE_SECONDS):
+    if not await writes.acquire_lease(lease, owner, USER_LEASE_SECONDS):
         raise UserBusy(f"user {user.id} is being synced by another worker")
     try:
-        return await _sync_and_record(context, user, request, geos, dry_run=False)
+        return await _sync_and_record(context, user, request, geos, writes)
     finally:
-        await context.state.release_lease(lease, owner)
+        await writes.release_lease(lease, owner)
 
 
 class GeoUnknown(RuntimeError):
@@ -113,7 +154,7 @@ class GeoUnknown(RuntimeError):
 
 
 async def _sync_and_record(context: SyncContext, user: DirectoryUser, request: SyncRequest,
-                           geos: GeoMap, dry_run: bool) -> SyncResult:
+                           geos: GeoMap, writes: Writes) -> SyncResult:
     state = await context.state.get(user.id) or UserState(user_id=user.id)
     state.upn = user.upn
     # A preferredDataLocation change (a `users` notification) may mean SharePoint moves the
@@ -128,18 +169,17 @@ async def _sync_and_record(context: SyncContext, user: DirectoryUser, request: S
     skip = out_of_scope(settings, user, groups)
     if skip is None:
         try:
-            result = await _sync(context, user, state, request.force, dry_run, geos, recheck)
+            result = await _sync(context, user, state, request.force, writes, geos, recheck)
         except GeoUnknown as unknown:
             result = SyncResult(user.id, user.upn, Outcome.FAILED, str(unknown),
                                 reasons.GEO_UNKNOWN.code)
     else:
         result = SyncResult(user.id, user.upn, Outcome.SKIPPED, skip.sentence, skip.code)
-    if not dry_run:
-        if result.outcome is not Outcome.UNCHANGED:
-            state.outcome, state.reason = result.outcome.value, result.reason
-            state.reason_code = result.code
-            note_waiting(state)
-        await context.state.save(state)
+    if result.outcome is not Outcome.UNCHANGED:
+        state.outcome, state.reason = result.outcome.value, result.reason
+        state.reason_code = result.code
+        note_waiting(state)
+    await writes.save(state)
     return result
 
 
@@ -182,7 +222,7 @@ async def locate_profile(context: SyncContext, geos: GeoMap, user: DirectoryUser
 
 
 async def _sync(context: SyncContext, user: DirectoryUser, state: UserState, force: bool,
-                dry_run: bool, geos: GeoMap, recheck: bool = False) -> SyncResult:
+                writes: Writes, geos: GeoMap, recheck: bool = False) -> SyncResult:
     def result(outcome: Outcome, reason: str, code: reasons.ReasonCode) -> SyncResult:
         return SyncResult(user.id, user.upn, outcome, reason, code.code)
 
@@ -193,20 +233,20 @@ async def _sync(context: SyncContext, user: DirectoryUser, state: UserState, for
             return result(Outcome.UNCHANGED, "photo etag unchanged" + last, reasons.ETAG_UNCHANGED)
         force = True  # the profile moved geo: its picture goes into the new geo's library
     if not etag:
-        return await _remove(context, user, state, dry_run, result, geos)
+        return await _remove(context, user, state, writes, result, geos)
     # Graph lists a photo; an empty body is refused as an empty image below, not taken as removal
     data = await context.graph.get_photo_bytes(user.id) or b""
 
+    sizes = thumbnail_sizes(context)
     try:
-        thumbnails = make_thumbnails(data, context.settings.thumbnail_sizes,
-                                     max_bytes=context.settings.max_photo_bytes,
-                                     max_pixels=context.settings.max_photo_pixels)
+        thumbnails = _thumbnails(context, data, sizes)
     except ImageRejected as rejected:
         state.seen_etag = etag  # this photo will never work: do not download it again
         return result(Outcome.FAILED, f"photo refused: {rejected}", rejected.code)
 
     context, profile, moved = await locate_profile(context, geos, user, state)
     force = force or moved  # thumbnails and link go into the geo the profile moved to
+    writes = writes.on(context.sharepoint)  # writes go to that geo too
     sharepoint = context.sharepoint
     if profile is None:  # not seen: try again once SharePoint has created the profile
         return result(Outcome.SKIPPED, "SharePoint has no user profile for this account yet",
@@ -216,31 +256,29 @@ async def _sync(context: SyncContext, user: DirectoryUser, state: UserState, for
         linked = await sharepoint.linked_stem(profile)
     except PhotosFolderUnknown as unknown:  # no retry fixes this: a setting or SharePoint must
         return result(Outcome.FAILED, str(unknown), reasons.PHOTOS_FOLDER_NOT_FOUND)
+    if linked and await _learn_large_px(context, linked) and thumbnail_sizes(context) != sizes:
+        thumbnails = _thumbnails(context, data, thumbnail_sizes(context))  # the tenant's L size
     stem = linked or new_stem(context.settings.thumbnail_naming, user.id, user.upn)
     same_picture = thumbnails.digest == state.uploaded_hash and stem == state.picture_stem
     if linked and same_picture and not force:
         return result(Outcome.UNCHANGED, "new etag, same picture", reasons.SAME_PICTURE)
-    if dry_run:
-        return result(Outcome.UPDATED, f"dry run: would upload {stem}_S/M/LThumb.jpg",
-                      reasons.DRY_RUN)
 
     if not same_picture or force:
-        await _upload(context, stem, thumbnails)
+        await _upload(writes, stem, thumbnails)
     state.uploaded_etag, state.uploaded_hash, state.picture_stem = etag, thumbnails.digest, stem
     state.profile_linked = bool(linked) and profile.placeholder_state != "1"
     if state.profile_linked:  # people see these files already: no profile write is needed
         return result(Outcome.UPDATED, "thumbnails replaced where the profile points",
                       reasons.THUMBNAILS_REPLACED)
     if linked:
-        return await _reveal(context, user.upn, state, result)
-    return await _link(context, user.upn, profile, stem, state, result)
+        return await _reveal(writes, user.upn, state, result)
+    return await _link(writes, user.upn, profile, stem, state, result)
 
 
-async def _reveal(context: SyncContext, upn: str, state: UserState,
-                  result: ResultFor) -> SyncResult:
+async def _reveal(writes: Writes, upn: str, state: UserState, result: ResultFor) -> SyncResult:
     """The profile names our files but flags its picture as a placeholder: clear the flag."""
     try:
-        await context.sharepoint.reveal_picture(upn)
+        await writes.reveal_picture(upn)
     except ProfileWriteRefused as refused:
         log.info("placeholder flag write refused: %s", refused)
         return result(Outcome.NEEDS_PROFILE_LINK,
@@ -253,17 +291,17 @@ async def _reveal(context: SyncContext, upn: str, state: UserState,
                   reasons.PLACEHOLDER_FLAG_CLEARED)
 
 
-async def _upload(context: SyncContext, stem: str, thumbnails: Thumbnails) -> None:
+async def _upload(writes: Writes, stem: str, thumbnails: Thumbnails) -> None:
     for suffix, data in thumbnails.by_suffix().items():
-        await context.sharepoint.upload(stem, suffix, data)
+        await writes.upload(stem, suffix, data)
 
 
-async def _link(context: SyncContext, upn: str, profile: Profile, stem: str, state: UserState,
+async def _link(writes: Writes, upn: str, profile: Profile, stem: str, state: UserState,
                 result: ResultFor) -> SyncResult:
     """Point a placeholder profile at the thumbnails just uploaded; app-only tokens may not."""
     elsewhere = f" (it showed {profile.picture_url})" if profile.picture_url else ""
     try:
-        await context.sharepoint.link_picture(upn, stem)
+        await writes.link_picture(upn, stem)
     except ProfileWriteRefused as refused:
         log.info("profile link refused: %s", refused)
         return result(Outcome.NEEDS_PROFILE_LINK,
@@ -276,7 +314,7 @@ async def _link(context: SyncContext, upn: str, profile: Profile, stem: str, sta
                   reasons.UPLOADED_AND_LINKED)
 
 
-async def _remove(context: SyncContext, user: DirectoryUser, state: UserState, dry_run: bool,
+async def _remove(context: SyncContext, user: DirectoryUser, state: UserState, writes: Writes,
                   result: ResultFor, geos: GeoMap) -> SyncResult:
     """The user has no photo any more. The picture people see must stop being theirs, and no profile
     may point at a missing file: a linked trio is overwritten with a neutral placeholder (after
@@ -285,29 +323,27 @@ async def _remove(context: SyncContext, user: DirectoryUser, state: UserState, d
     if not had_upload and not had_photo:
         return result(Outcome.NO_PHOTO, "no photo in Microsoft 365", reasons.NO_PHOTO_SET)
     context, profile, _ = await locate_profile(context, geos, user, state)
+    writes = writes.on(context.sharepoint)
     sharepoint = context.sharepoint
     linked = await sharepoint.linked_stem(profile) if profile else None
     if linked is None and not (had_upload and state.picture_stem):
         state.seen_etag = ""
         return result(Outcome.NO_PHOTO, "no photo in Microsoft 365", reasons.NO_PHOTO_SET)
-    if dry_run:
-        return result(Outcome.PHOTO_REMOVED, "dry run: would take the photo out of SharePoint",
-                      reasons.DRY_RUN)
     state.seen_etag = ""
     state.uploaded_etag = state.uploaded_hash = ""
     if linked is None:  # our files were never shown: nothing links to them
         for suffix in SUFFIXES:
-            await sharepoint.delete(state.picture_stem, suffix)
+            await writes.delete(state.picture_stem, suffix)
         state.picture_stem, state.profile_linked = "", False
         return result(Outcome.PHOTO_REMOVED, "thumbnails no profile showed were deleted",
                       reasons.THUMBNAILS_DELETED)
     try:
-        await sharepoint.unlink_picture(user.upn)
+        await writes.unlink_picture(user.upn)
         unlinked = True
     except ProfileWriteRefused:
         unlinked = False
     # Sites' User Information Lists and browsers may still hold this URL: replace, never delete.
-    await _upload(context, linked, placeholder_thumbnails(context.settings.thumbnail_sizes))
+    await _upload(writes, linked, placeholder_thumbnails(thumbnail_sizes(context)))
     state.picture_stem, state.profile_linked = linked, not unlinked
     if unlinked:
         return result(Outcome.PHOTO_REMOVED, "profile set to SharePoint's placeholder; its old "
@@ -315,3 +351,40 @@ async def _remove(context: SyncContext, user: DirectoryUser, state: UserState, d
     return result(Outcome.PHOTO_REMOVED, "photo replaced by a neutral placeholder where the profile "
                   "points; the profile link stays until an administrator unlinks it",
                   reasons.UNLINK_REFUSED_PLACEHOLDER)
+
+
+# The L thumbnail's size: SharePoint tenants differ (200 px in PnP's uploader, 300 px in a Microsoft
+# support script; shared/notes/m365-facts.md), and a people card shows whatever the L file holds. So
+# the sync writes L at the size the tenant's existing thumbnails have, learnt once per process from
+# the first linked profile's L file; 200 px while none is known. THUMBNAIL_SIZES, when set, wins.
+
+LEARN_ATTEMPTS = 3  # linked profiles whose L file is missing or unreadable before giving up
+
+
+def thumbnail_sizes(context: SyncContext) -> tuple[int, int, int]:
+    """S, M and L sizes to write: the setting when configured, else L as learnt."""
+    settings, learnt = context.settings, context.sharepoint.large_px
+    if settings.thumbnail_sizes_configured or not learnt:
+        return settings.thumbnail_sizes
+    small, medium, _ = settings.thumbnail_sizes
+    return (small, medium, max(learnt, medium))
+
+
+async def _learn_large_px(context: SyncContext, stem: str) -> bool:
+    """Learn the tenant's L size from `stem`'s L file, once; True when it is known now."""
+    sharepoint = context.sharepoint
+    if context.settings.thumbnail_sizes_configured:
+        return False
+    if sharepoint.large_px or sharepoint.large_px_attempts >= LEARN_ATTEMPTS:
+        return bool(sharepoint.large_px)
+    sharepoint.large_px_attempts += 1
+    size = picture_px(await sharepoint.download(stem, "L") or b"")
+    if size:
+        sharepoint.large_px = size
+        log.info("learnt the tenant's L thumbnail size: %s px", size)
+    return bool(size)
+
+
+def _thumbnails(context: SyncContext, data: bytes, sizes: tuple[int, int, int]) -> Thumbnails:
+    return make_thumbnails(data, sizes, max_bytes=context.settings.max_photo_bytes,
+                           max_pixels=context.settings.max_photo_pixels)

@@ -67,6 +67,13 @@ def shown_size(data: bytes) -> tuple[int, int] | None:
         return None
 
 
+def picture_px(data: bytes) -> int | None:
+    """The width in pixels of an existing thumbnail file, read from its header only (no decoding);
+    None when the bytes are not an image."""
+    size = shown_size(data)
+    return size[0] if size else None
+
+
 def difference(shown: bytes, expected: bytes) -> float:
     """How far a thumbnail people see is from the one expected, by content: the mean absolute
     difference per channel (0-255) after bringing `shown` to `expected`'s size. Two JPEG encodings

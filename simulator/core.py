@@ -16,6 +16,7 @@ from typing import Any, Callable
 from .budgets import Budgets
 from .images import Blob, PhotoSpec, render
 from .notify import Delivery, Notifier
+from .permissions import refusal
 from .tenant import Tenant, User
 from .tokens import decode_token
 from .wire import JSON_SP, Request, Response, iso, json_response
@@ -138,7 +139,7 @@ SEEDED_PICTURE_TIMESTAMP = "63838473600"  # 2023-12-01: when SharePoint last cop
 # getting throttled or blocked in SharePoint Online": `User-Agent: NONISV|CompanyName|AppName/Version`
 # or `ISV|...`; PnP PowerShell sends `NONISV|SharePointPnP|PnPPS/<version>`). Undecorated traffic is
 # throttled first there; the simulator counts it per host as "undecorated".
-_SEED_SUFFIXES = {"sthumb.jpg": 48, "mthumb.jpg": 72, "lthumb.jpg": 200}
+_SEED_SUFFIXES = {"sthumb.jpg": 48, "mthumb.jpg": 72, "lthumb.jpg": 200}  # L: tenant option
 _SEED_BYTES: dict[int, bytes] = {}
 
 
@@ -208,6 +209,8 @@ class TenantSimulator:
         self._claims_cache: dict[str, dict[str, Any] | None] = {}
         self._deliveries: list[Delivery] = []
         self.validations: list[dict[str, Any]] = []
+        # application permissions the app lacks: their routes answer 403 (simulator/permissions.py)
+        self.missing_permissions: set[str] = set()
         self._notifier: Notifier | None = None
         self._servers: dict[str, Any] = {}
         self.roots: dict[str, str] = {}
@@ -513,6 +516,8 @@ class TenantSimulator:
                 or self.home_geo(user) != geo:
             return None
         size = _SEED_SUFFIXES[suffix.lower()]
+        if suffix.lower() == "lthumb.jpg":
+            size = self.tenant.options.large_thumbnail_px  # 200 or 300 (simulator/tenant.py)
         data = _seed_bytes(size)
         created = self._clock.base() - 86400 * 365
         file_name = f"{picture_stem(user)}_{suffix[0].upper()}Thumb.jpg"
@@ -861,6 +866,10 @@ class TenantSimulator:
         else:
             kind, handler = sharepoint.route_admin(self, req, geo)
         self.count(host, kind)
+        denied = refusal(self.missing_permissions, host, kind)
+        if denied is not None and claims.get("idtyp") == "app":
+            self.count(host, "denied")
+            return denied
         admission = self.budgets.admit(host, kind, req)
         if admission.refused is not None:
             return admission.refused

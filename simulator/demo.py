@@ -62,6 +62,7 @@ def main() -> None:
 
 
 def run(sim: TenantSimulator, host: LocalFunctionsHost, key: str) -> None:
+    run_preflight()
     everyone = [u.userPrincipalName for u in sim.users()]
     console.rule('1. Queue every demo user: POST /api/sync {"users": [...]}')
     answer = httpx.post(f"{host.url}/api/sync", json={"users": everyone},
@@ -165,6 +166,20 @@ def compact_table(*columns: str, title: str) -> Table:
     """Columns one space and a rule apart, no frame: four columns fit in 80."""
     return Table(*columns, title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
                  collapse_padding=True, title_justify="left")
+
+
+def run_preflight() -> None:
+    """Step 0, before anything is written: what photo-sync will do on this tenant."""
+    from shared.handlers import get_credential
+    from shared.preflight import preflight_command, render
+
+    console.rule("0. Before turning it on: python -m shared preflight (read-only)")
+    report = asyncio.run(preflight_command(get_settings(), {"credential": get_credential()}))
+    console.print(render(report, WIDTH), markup=False, highlight=False)
+    failed = ", ".join(c["name"] for c in report["checks"] if c["ok"] is False) or "none"
+    later = " (the timer creates it in step 2)" if failed == "subscription" else ""
+    console.print(f"exit {report['exit_code']}, nothing written; failed: {failed}{later}",
+                  markup=False, highlight=False)
 
 
 def show_outcomes(sim: TenantSimulator) -> None:

@@ -12,6 +12,7 @@ from urllib.parse import unquote
 
 from .core import PhotoState, Subscription
 from .notify import validate_endpoint
+from .permissions import refusal
 from .wire import CIDict, Request, Response, iso, json_response, parse_iso
 from .wire import graph_error as error
 
@@ -86,6 +87,8 @@ def route(sim: "TenantSimulator", req: Request) -> tuple[str, Handler]:
                                                        f"Resource '{segs[1]}' does not exist.")
             return "groups.members", lambda: list_users(
                 sim, req, members, f"groups/{segs[1]}/transitiveMembers/microsoft.graph.user")
+    elif head == "subscribedskus" and n == 1 and m == "GET":
+        return "subscribedSkus", lambda: subscribed_skus(sim)
     elif head == "sites" and n == 1 and m == "GET":
         return "sites.list", lambda: list_root_sites(sim, req)
     elif head == "$batch" and n == 1 and m == "POST":
@@ -367,6 +370,24 @@ def photo_value(sim: "TenantSimulator", key: str, size_id: str | None) -> Respon
     return Response(200, state.blob.data, state.blob.content_type, {"ETag": f'"{state.etag}"'})
 
 
+# ---------------------------------------------------------------- licences
+def subscribed_skus(sim: "TenantSimulator") -> Response:
+    """GET /subscribedSkus: the tenant's commercial subscriptions (learn.microsoft.com/graph/api/
+    subscribedsku-list; resource subscribedSku: skuPartNumber, appliesTo, capabilityStatus,
+    consumedUnits, prepaidUnits {enabled, suspended, warning, lockedOut}). One Microsoft 365 E3 SKU
+    with as many licences as the tenant option says (one per user by default)."""
+    users = len(sim.users())
+    licences = sim.tenant.options.licences if sim.tenant.options.licences is not None else users
+    sku = {"id": f"{sim.tenant.tenant_id}_05e9a617-0261-4cee-bb44-138d3ef5d965",
+           "skuId": "05e9a617-0261-4cee-bb44-138d3ef5d965", "skuPartNumber": "SPE_E3",
+           "appliesTo": "User", "capabilityStatus": "Enabled",
+           "consumedUnits": min(users, licences),
+           "prepaidUnits": {"enabled": licences, "suspended": 0, "warning": 0, "lockedOut": 0},
+           "servicePlans": []}
+    return json_response(200, {"@odata.context": f"{_base(sim)}/$metadata#subscribedSkus",
+                               "value": [sku]})
+
+
 # ---------------------------------------------------------------- $batch
 def batch(sim: "TenantSimulator", req: Request) -> Response:
     """POST /$batch (JSON batching, ≤ 20 items, responses in reverse order)."""
@@ -407,6 +428,10 @@ def _batch_item(sim: "TenantSimulator", outer: Request, item: dict[str, Any]) ->
     sub = Request(method, "/v1.0/" + path, qs, CIDict(item.get("headers") or {}), raw, outer.claims, True)
     kind, handler = route(sim, sub)
     sim.count("graph", kind)
+    denied = refusal(sim.missing_permissions, "graph", kind)
+    if denied is not None and outer.claims.get("idtyp") == "app":
+        sim.count("graph", "denied")
+        return _item_json(rid, denied)
     fault = sim.take_fault("graph", unquote("/v1.0/" + url), True)
     if fault is not None:
         sim.count("graph", "faulted")

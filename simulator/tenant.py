@@ -31,6 +31,13 @@ class User:
     # `.../User%20Photos/Profile%20Pictures/78ccf530-..._MThumb.jpg`, the GUID = msOnline-ObjectId).
     # "upn": older and admin-linked profiles (pnp/PnP Samples/Core.ProfilePictureUploader,
     # `adele_vance_contoso_com_MThumb.jpg`).
+    # Guests (`john_fabrikam.com#EXT#@contoso.onmicrosoft.com`): either form. ASSUMPTION: no public
+    # source shows a guest's thumbnail name (shared/notes/m365-facts.md: "naming unconfirmed"); the
+    # "upn" form applies PnP's rule unchanged, so the name keeps `#EXT#`
+    # (`john_fabrikam_com#EXT#_contoso_onmicrosoft_com_MThumb.jpg`), which only the ResourcePath
+    # APIs can address (learn.microsoft.com/sharepoint/dev/sp-add-ins/
+    # working-with-folders-and-files-with-rest). Preflight's survey reports which form a tenant
+    # uses.
     picture_naming: str = "object-id"
     # Multi-Geo (SharePoint/sp-dev-docs docs/solution-guidance/multigeo-userprofileexperience.md):
     # `geo` is where the user's profile and personal site live ("" = the default geo, else a
@@ -89,6 +96,13 @@ class TenantOptions:
 
     app_only_property_writes: str = "refuse"
     no_photo_metadata_style: str = "404"  # or "1x1"
+    # Pixel size of the L thumbnails SharePoint made itself: 200 in PnP's uploader and most tools,
+    # 300 where SharePoint's own UserProfilePhotos.CreateThumbnail made them ("Large = 300x300 px,
+    # Medium = 72x72 px, Small = 48x48 px", thesharepointfarm.com, "User Profile Pictures,
+    # Exchange 2013, and SharePoint"; shared/notes/m365-facts.md). Tenants differ.
+    large_thumbnail_px: int = 200
+    # Licences `GET /subscribedSkus` reports (prepaidUnits.enabled); None: one per user
+    licences: int | None = None
 
     def validate(self) -> None:
         """Raise ValueError on unknown option values."""
@@ -142,6 +156,8 @@ class Tenant:
         options = TenantOptions(
             app_only_property_writes=opts.get("appOnlyPropertyWrites", "refuse"),
             no_photo_metadata_style=str(opts.get("noPhotoMetadataStyle", "404")),
+            large_thumbnail_px=int(opts.get("largeThumbnailPx", 200)),
+            licences=opts.get("licences"),
         )
         options.validate()
         return cls(
@@ -166,7 +182,9 @@ class Tenant:
         return {
             "tenantId": self.tenant_id, "domain": self.domain, "mysiteFolder": self.photos_folder,
             "options": {"appOnlyPropertyWrites": self.options.app_only_property_writes,
-                        "noPhotoMetadataStyle": self.options.no_photo_metadata_style},
+                        "noPhotoMetadataStyle": self.options.no_photo_metadata_style,
+                        "largeThumbnailPx": self.options.large_thumbnail_px,
+                        "licences": self.options.licences},
             "users": [u.to_json() for u in self.users],
             "groups": [{"id": gid, "members": members} for gid, members in self.groups.items()],
             "defaultGeo": self.default_geo, "satellites": [g.to_json() for g in self.satellites],

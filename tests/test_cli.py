@@ -35,8 +35,11 @@ def test_sync_users_prints_json_lines_and_exits_0(sim: TenantSimulator) -> None:
 def test_dry_run_writes_nothing(sim: TenantSimulator) -> None:
     member = next(u for u in sim.users() if u.photo and u.accountEnabled)
     done = cli("sync", member.id, "--dry-run", "--output", "jsonl")
-    assert json.loads(done.stdout)["reason"].startswith("dry run")
+    result = json.loads(done.stdout)
+    assert result["dry_run"] is True and result["outcome"] == "updated"
     assert [f for f in sim.files().values() if not f.seeded] == []
+    table = cli("sync", member.id, "--dry-run")
+    assert "dry run, nothing written: a real run would give 1 updated" in table.stdout
 
 
 def test_a_failed_user_makes_the_exit_code_1_and_the_table_says_why(sim: TenantSimulator) -> None:

@@ -47,6 +47,8 @@ def storage_access(args: argparse.Namespace) -> set[tuple[str, str]]:
         return {("table", "read")}
     if command == "replay-poison":  # queue_depth of the poison queue (dry run)
         return {("queue", "read")}
+    if command == "preflight":  # the profile-write record, the subscription row, queue depth
+        return {("table", "read"), ("queue", "read")}
     if command == "link":  # users_needing_link, then store.save of each linked user
         return {("table", "read"), ("table", "write")}
     raise AssertionError(f"teach this test what `{command}` reads and writes")

@@ -137,7 +137,9 @@ var appSettings = {
   SHAREPOINT_GEOS: sharepointGeos
   SHAREPOINT_THUMBNAIL_NAMING: thumbnailNaming
   PHOTO_SYNC_ORGANISATION: organisation
-  THUMBNAIL_SIZES: '48,72,200'
+  // Empty: S 48, M 72 and L at the size of the tenant's existing L thumbnails, learnt by the
+  // sync (200 or 300 px; docs/settings.md). Set e.g. '48,72,300' to fix the sizes.
+  THUMBNAIL_SIZES: ''
   MAX_PHOTO_BYTES: '10485760'
   MAX_PHOTO_PIXELS: '40000000'
   PHOTO_SYNC_CREDENTIAL: 'managed-identity'
