@@ -503,6 +503,12 @@ def _print_summary(summary: dict[str, object], as_json: bool) -> None:
         oldest = f", the oldest since {waiting['oldestSince']}" if waiting.get("oldestSince") else ""
         console.print(f"waiting for a profile link: {waiting['users']} users{oldest} "
                       "(`python -m shared link-profiles` links them)")
+    writes = summary.get("profileWrites")
+    if isinstance(writes, dict):
+        since = f" since {writes['since']} (HTTP {writes['httpStatus']}, {writes['source']})" \
+            if writes.get("since") else ""
+        console.print(f"profile writes: {writes['answer']}{since}; "
+                      f"PROFILE_WRITES={writes['setting']}")
     verified = summary.get("verify")
     if isinstance(verified, dict):
         found = ", ".join(f"{n} {state}" for state, n in verified["counts"].items() if n)

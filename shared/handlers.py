@@ -41,6 +41,7 @@ from .notifications import (
 )
 from .operations import health_figures, tenant_summary, verify_figures
 from .pacing import Throttled
+from .profile_writes import requeue_waiting
 from .queue import (
     InvalidMessage,
     SyncQueue,
@@ -483,6 +484,8 @@ async def run_reconcile(force: bool = False, dry_run: bool = False,
                                  dry_run=dry_run,
                                  time_budget=DEFAULT_TIME_BUDGET_SECONDS if time_budget is None
                                  else time_budget)
+        if report.complete and not dry_run:  # profile writes allowed now: link who waits
+            await requeue_waiting(settings, context.state, queue)
     if not report.skipped:
         telemetry.log_reconcile(complete=report.complete, scanned=report.scanned,
                                 queued=report.queued, resumed=report.resumed, force=force,

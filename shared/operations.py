@@ -64,6 +64,7 @@ async def tenant_summary(settings: Settings) -> dict[str, Any]:
         subscription = await store.get_subscription()
         verified = await store.get_verify()
         oldest_wait, _checked = await store.get_waiting() or (None, None)
+        writes = await store.get_profile_writes()
         table_exists = not store.table_missing  # reads never create it (Table Data Reader suffices)
     waiting = counts.outcomes.get(NEEDS_LINK, 0)
     queues = await asyncio.gather(*(queue_depth(settings, name) for name in _queue_names(settings)))
@@ -83,6 +84,10 @@ async def tenant_summary(settings: Settings) -> dict[str, Any]:
         "waiting": {"users": waiting, "oldestSince": oldest_wait.isoformat(timespec="seconds")
                     if waiting and oldest_wait else None},
         "verify": verified.as_dict() if verified else None,  # the daily sampled verify
+        # whether SharePoint lets the app write profiles, since when (shared/profile_writes.py)
+        "profileWrites": {"answer": writes.answer, "since": writes.learnt_at.isoformat(
+            timespec="seconds") if writes.learnt_at else None, "httpStatus": writes.http_status,
+            "source": writes.source, "setting": settings.profile_writes},
         "paused": settings.paused,
     }
 
@@ -314,7 +319,7 @@ async def link_profiles(settings: Settings, admin_credential: CachingCredential,
 
     # an administrator's delegated rights say nothing about the app's: never recorded as the app's
     writes: Writes = IntendedWrites("allowed") if dry_run else \
-        SharePointWrites(clients[""], store, learn=False)
+        SharePointWrites(clients[""], store)
     try:
         geo_map = await geos.known(settings, store)
         skipped: list[LinkResult] = []

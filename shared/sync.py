@@ -38,6 +38,7 @@ from .thumbnails import (
     picture_px,
     placeholder_thumbnails,
 )
+from .profile_writes import ProfileWriteGate, ProfileWritesWithheld
 from .writes import UNTESTED_NOTE, IntendedWrites, SharePointWrites, Writes
 
 log = logging.getLogger("photo_sync.sync")
@@ -59,14 +60,16 @@ class SyncContext:
 
     def __post_init__(self) -> None:
         if self.writes is None:
-            self.writes = SharePointWrites(self.sharepoint, self.state)
+            self.writes = SharePointWrites(self.sharepoint, self.state,
+                                           ProfileWriteGate(self.settings, self.state))
 
     async def intended_writes(self) -> IntendedWrites:
         """The dry run's writer: records writes, and answers profile writes as the tenant's
-        recorded profile-write answer says (read once per context)."""
+        recorded profile-write answer and PROFILE_WRITES say (read once per context)."""
         if self._intended is None:
             record = await self.state.get_profile_writes()
-            self._intended = IntendedWrites(record.answer)
+            gate = ProfileWriteGate(self.settings, self.state)
+            self._intended = IntendedWrites(record.answer, gate.withheld(record))
         return self._intended
     geos: GeoClients | None = None  # Multi-Geo: the geos and a client per geo (shared/geos.py)
 
@@ -169,7 +172,12 @@ async def _sync_and_record(context: SyncContext, user: DirectoryUser, request: S
     skip = out_of_scope(settings, user, groups)
     if skip is None:
         try:
-            result = await _sync(context, user, state, request.force, writes, geos, recheck)
+            # queued again once profile writes are allowed (profile_writes.requeue_waiting): a
+            # user still waiting is linked although the photo did not change
+            relink = request.reason == "relink" and \
+                state.outcome == Outcome.NEEDS_PROFILE_LINK.value
+            result = await _sync(context, user, state, request.force, writes, geos, recheck,
+                                 relink)
         except GeoUnknown as unknown:
             result = SyncResult(user.id, user.upn, Outcome.FAILED, str(unknown),
                                 reasons.GEO_UNKNOWN.code)
@@ -222,12 +230,13 @@ async def locate_profile(context: SyncContext, geos: GeoMap, user: DirectoryUser
 
 
 async def _sync(context: SyncContext, user: DirectoryUser, state: UserState, force: bool,
-                writes: Writes, geos: GeoMap, recheck: bool = False) -> SyncResult:
+                writes: Writes, geos: GeoMap, recheck: bool = False,
+                relink: bool = False) -> SyncResult:
     def result(outcome: Outcome, reason: str, code: reasons.ReasonCode) -> SyncResult:
         return SyncResult(user.id, user.upn, outcome, reason, code.code)
 
     etag = await context.graph.get_photo_etag(user.id)
-    if etag and etag == state.seen_etag and not force:
+    if etag and etag == state.seen_etag and not force and not relink:
         last = f" (last outcome: {state.outcome})" if state.outcome not in ("", "updated") else ""
         if not recheck or not (await locate_profile(context, geos, user, state))[2]:
             return result(Outcome.UNCHANGED, "photo etag unchanged" + last, reasons.ETAG_UNCHANGED)
@@ -279,6 +288,10 @@ async def _reveal(writes: Writes, upn: str, state: UserState, result: ResultFor)
     """The profile names our files but flags its picture as a placeholder: clear the flag."""
     try:
         await writes.reveal_picture(upn)
+    except ProfileWritesWithheld as withheld:
+        return result(Outcome.NEEDS_PROFILE_LINK,
+                      f"thumbnails replaced as {state.picture_stem}_MThumb.jpg, but the profile "
+                      f"flags its picture as a placeholder: {withheld}", withheld.code)
     except ProfileWriteRefused as refused:
         log.info("placeholder flag write refused: %s", refused)
         return result(Outcome.NEEDS_PROFILE_LINK,
@@ -302,6 +315,10 @@ async def _link(writes: Writes, upn: str, profile: Profile, stem: str, state: Us
     elsewhere = f" (it showed {profile.picture_url})" if profile.picture_url else ""
     try:
         await writes.link_picture(upn, stem)
+    except ProfileWritesWithheld as withheld:
+        return result(Outcome.NEEDS_PROFILE_LINK,
+                      f"thumbnails uploaded as {stem}_MThumb.jpg{elsewhere}; {withheld}",
+                      withheld.code)
     except ProfileWriteRefused as refused:
         log.info("profile link refused: %s", refused)
         return result(Outcome.NEEDS_PROFILE_LINK,
