@@ -265,7 +265,7 @@ async def _sync(context: SyncContext, user: DirectoryUser, state: UserState, for
         linked = await sharepoint.linked_stem(profile)
     except PhotosFolderUnknown as unknown:  # no retry fixes this: a setting or SharePoint must
         return result(Outcome.FAILED, str(unknown), reasons.PHOTOS_FOLDER_NOT_FOUND)
-    if linked and await _learn_large_px(context, linked) and thumbnail_sizes(context) != sizes:
+    if linked and await learn_large_px(context, linked) and thumbnail_sizes(context) != sizes:
         thumbnails = _thumbnails(context, data, thumbnail_sizes(context))  # the tenant's L size
     stem = linked or new_stem(context.settings.thumbnail_naming, user.id, user.upn)
     same_picture = thumbnails.digest == state.uploaded_hash and stem == state.picture_stem
@@ -387,7 +387,7 @@ def thumbnail_sizes(context: SyncContext) -> tuple[int, int, int]:
     return (small, medium, max(learnt, medium))
 
 
-async def _learn_large_px(context: SyncContext, stem: str) -> bool:
+async def learn_large_px(context: SyncContext, stem: str) -> bool:
     """Learn the tenant's L size from `stem`'s L file, once; True when it is known now."""
     sharepoint = context.sharepoint
     if context.settings.thumbnail_sizes_configured:

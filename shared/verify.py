@@ -37,7 +37,14 @@ from .scope import out_of_scope, scope_groups, uses_groups
 from .settings import Settings
 from .sharepoint import SUFFIXES, PhotosFolderUnknown, Profile, SharePointError
 from .state import SeenIndex, UserState, utc_now
-from .sync import GeoUnknown, SyncContext, locate_profile, open_context
+from .sync import (
+    GeoUnknown,
+    SyncContext,
+    learn_large_px,
+    locate_profile,
+    open_context,
+    thumbnail_sizes,
+)
 from .thumbnails import ImageRejected, difference, make_thumbnails, placeholder_thumbnails, shown_size
 
 CURRENT, PENDING, STALE, NOT_LINKED = "current", "pending", "stale", "not_linked"
@@ -362,6 +369,10 @@ async def _judge(context: SyncContext, user: DirectoryUser, etags: dict[str, str
                                        f"({profile.picture_url}) although the user has no photo")
         return NO_PHOTO, "no photo in Microsoft 365, and SharePoint shows its placeholder"
     stem, files = shown
+    # the sizes the sync writes: THUMBNAIL_SIZES when set, else L as learnt from the tenant's
+    # files (the first linked profile's, once per process and My Site host)
+    await _read("files", f"{stem}_LThumb.jpg", learn_large_px(context, stem))
+    sizes = thumbnail_sizes(context)
     missing = [s for s in SUFFIXES if files[s] is None]
     if missing:
         return BROKEN_LINK, (f"PictureURL names {stem}_MThumb.jpg; missing in the photos folder: "
@@ -371,7 +382,7 @@ async def _judge(context: SyncContext, user: DirectoryUser, etags: dict[str, str
     if unreadable:
         return BROKEN_LINK, (f"{', '.join(f'{stem}_{s}Thumb.jpg' for s in unreadable)} "
                              "is not an image")
-    expected = await _expected(context, photo)
+    expected = await _expected(context, photo, sizes)
     if isinstance(expected, str):
         return _unhandled_or_stale(context, user, etag, row, reconciliation,
                                    f"SharePoint shows an older picture: {expected}")
@@ -384,11 +395,11 @@ async def _judge(context: SyncContext, user: DirectoryUser, etags: dict[str, str
                                    f"{stem}_MThumb.jpg shows {what} (difference {distance:.0f}/255)")
     if not photo:
         return NO_PHOTO, "no photo in Microsoft 365; the profile's files show the neutral placeholder"
-    want = dict(zip(SUFFIXES, context.settings.thumbnail_sizes, strict=True))
+    want = dict(zip(SUFFIXES, sizes, strict=True))
     wrong = [f"{s} is {w}x{h} px (tenant: {want[s]})" for s, size in found.items()
              if size for w, h in [size] if (w, h) != (want[s], want[s])]
     if wrong:
-        return WRONG_SIZE, f"{stem}: " + "; ".join(wrong) + " (THUMBNAIL_SIZES)"
+        return WRONG_SIZE, f"{stem}: " + "; ".join(wrong)
     return CURRENT, f"{stem}_MThumb.jpg shows the current photo"
 
 
@@ -407,10 +418,10 @@ async def _shown_files(context: SyncContext, profile: Profile | None
     return stem, files
 
 
-async def _expected(context: SyncContext, photo: bytes | None) -> dict[str, bytes] | str:
+async def _expected(context: SyncContext, photo: bytes | None,
+                    sizes: tuple[int, int, int]) -> dict[str, bytes] | str:
     """The thumbnails the sync makes from the current photo (the neutral placeholder when there
     is none), or why it cannot make any."""
-    sizes = context.settings.thumbnail_sizes
     if not photo:
         return placeholder_thumbnails(sizes).by_suffix()
     settings = context.settings

@@ -21,7 +21,7 @@ from shared.state import ReconcileCursor, StateStore, utc_now
 from shared.thumbnails import make_thumbnails
 from simulator.core import TenantSimulator, picture_stem
 from simulator.images import PhotoSpec, render
-from simulator.tenant import GERMAN_FOLDER, User
+from simulator.tenant import GERMAN_FOLDER, User, make_tenant
 from tests.test_admin import deployed  # noqa: F401 (fixture)
 from tests.test_multigeo import geo_sim  # noqa: F401 (fixture)
 from tests.test_cli import ROOT, cli
@@ -122,11 +122,28 @@ def test_a_removed_photo_still_shown_is_stale_and_the_neutral_placeholder_is_no_
 def test_files_at_other_sizes_than_the_tenants_are_wrong_size(sim: TenantSimulator) -> None:
     sync_everyone()
     adele = upn(sim, "adele")
-    tenant_300 = replace(get_settings(), thumbnail_sizes=(48, 72, 300))
+    tenant_300 = replace(get_settings(), thumbnail_sizes=(48, 72, 300),
+                         thumbnail_sizes_configured=True)  # THUMBNAIL_SIZES=48,72,300
     report = run(users=[adele], settings=tenant_300)
     assert verdicts(report) == {adele: "wrong_size"}
     assert "L is 200x200 px (tenant: 300)" in report.verdicts[0].detail
     assert report.exit_code == 1
+
+
+def test_a_tenant_whose_l_thumbnails_are_300_px_is_current_at_300(
+        monkeypatch: pytest.MonkeyPatch, azurite: object) -> None:
+    """Without THUMBNAIL_SIZES the sync writes L at the size of the tenant's own files; verify
+    judges by the same rule (shared/sync.py thumbnail_sizes)."""
+    from tests.conftest import serving
+
+    tenant = make_tenant(6, photo_share=2, with_photo_ratio=1.0)
+    tenant.options.large_thumbnail_px = 300
+    with serving(tenant, monkeypatch, azurite) as sim_300:  # type: ignore[arg-type]
+        sync_everyone()
+        report = run(everyone=True)
+        assert {v.state for v in report.verdicts} == {"current"}, report.verdicts
+        shown = sim_300.shown_file(sim_300.users()[0].id, "L")
+        assert shown is not None and shown.size == (300, 300)
 
 
 def test_a_refused_read_is_an_error_that_names_the_permission(sim: TenantSimulator) -> None:
