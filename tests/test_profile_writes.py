@@ -160,3 +160,20 @@ def test_status_shows_the_answer_since_when_and_the_setting(sim: TenantSimulator
     assert datetime.fromisoformat(answer["since"])
     shown = cli("status")
     assert "profile writes: refused since" in shown.stdout and "PROFILE_WRITES=auto" in shown.stdout
+
+
+def test_the_dry_run_predicts_the_withheld_write(sim: TenantSimulator, app_env: dict[str, str],
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 three_unlinked: list) -> None:
+    import json
+
+    waiting = three_unlinked[0].userPrincipalName
+    sim.reset_counters()
+    dry = cli("sync", waiting, "--force", "--dry-run", "--output", "json")
+    real = cli("sync", waiting, "--force", "--output", "json")
+    predicted, done = json.loads(dry.stdout)["results"][0], json.loads(real.stdout)["results"][0]
+    assert predicted["reasonCode"] == done["reasonCode"] == "profile_writes_refused"
+    assert predicted["dry_run"] is True and writes(sim) == 0
+    monkeypatch.setenv("PROFILE_WRITES", "off")
+    off = json.loads(cli("sync", waiting, "--force", "--dry-run", "--output", "json").stdout)
+    assert off["results"][0]["reasonCode"] == "profile_writes_off"
