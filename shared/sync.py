@@ -19,6 +19,7 @@ from .credentials import CachingCredential, build_credential
 from .geos import GeoClients, GeoMap, configured
 from .graph import DirectoryUser, GraphDirectory
 from .outcomes import Outcome, SyncResult
+from .profile_writes import ProfileWriteGate, ProfileWritesWithheld
 from .queue import SyncRequest
 from .scope import out_of_scope, scope_groups, uses_groups
 from .settings import Settings
@@ -38,7 +39,6 @@ from .thumbnails import (
     picture_px,
     placeholder_thumbnails,
 )
-from .profile_writes import ProfileWriteGate, ProfileWritesWithheld
 from .writes import UNTESTED_NOTE, IntendedWrites, SharePointWrites, Writes
 
 log = logging.getLogger("photo_sync.sync")
@@ -202,7 +202,7 @@ def note_waiting(state: UserState) -> None:
 
 
 async def locate_profile(context: SyncContext, geos: GeoMap, user: DirectoryUser,
-                  state: UserState) -> tuple[SyncContext, Profile | None, bool]:
+                         state: UserState) -> tuple[SyncContext, Profile | None, bool]:
     """The user's profile, read through the geo that holds it, and the context whose `sharepoint`
     is that geo's client; and whether the profile moved geo since the last sync.
 
