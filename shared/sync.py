@@ -388,17 +388,22 @@ def thumbnail_sizes(context: SyncContext) -> tuple[int, int, int]:
 
 
 async def learn_large_px(context: SyncContext, stem: str) -> bool:
-    """Learn the tenant's L size from `stem`'s L file, once; True when it is known now."""
+    """Learn the tenant's L size from `stem`'s L file, once; True when it is known now.
+
+    A failed read counts as an attempt once it has failed, not before: the first syncs of a
+    process run concurrently, and one that found the attempts used up by reads still in flight
+    would write L at the default size (tests/test_verify.py, the 300 px tenant)."""
     sharepoint = context.sharepoint
     if context.settings.thumbnail_sizes_configured:
         return False
     if sharepoint.large_px or sharepoint.large_px_attempts >= LEARN_ATTEMPTS:
         return bool(sharepoint.large_px)
-    sharepoint.large_px_attempts += 1
     size = picture_px(await sharepoint.download(stem, "L") or b"")
     if size:
         sharepoint.large_px = size
         log.info("learnt the tenant's L thumbnail size: %s px", size)
+    else:
+        sharepoint.large_px_attempts += 1
     return bool(size)
 
 
