@@ -15,6 +15,7 @@ telemetry.quiet_noisy_loggers()
 # No UPNs in log records (docs/security.md) from the first one; PHOTO_SYNC_LOG_UPNS=true, read with
 # the other settings, turns this off.
 telemetry.protect_upns_in_logs()
+handlers.prepare_worker()  # slow one-time work at indexing, not on the invocations' event loop
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
 
@@ -85,9 +86,10 @@ async def control(msg: func.QueueMessage) -> None:
 
 
 @app.function_name("reconcile")
-@app.timer_trigger(arg_name="timer", schedule="%RECONCILE_SCHEDULE%", run_on_startup=False)
+@app.timer_trigger(arg_name="timer", schedule=handlers.TIMER_SCHEDULE, run_on_startup=False)
 async def reconcile(timer: func.TimerRequest) -> None:
-    """Renew the Graph subscription and catch every change notifications missed."""
+    """Every minute: a reconciliation pass when RECONCILE_INTERVAL is up (it also renews the Graph
+    subscription), else a check of the hot users when RECONCILE_HOT_INTERVAL is up."""
     outcome = await handlers.handle_timer()
     logging.getLogger("photo_sync").info("timer run finished",
                                          extra={"result": json.dumps(outcome),

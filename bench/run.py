@@ -34,7 +34,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench import multigeo, preflight, scale
+from bench import freshness, multigeo, preflight, scale
 from bench import verify as verify_bench
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -762,6 +762,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--placeholder-users", type=int, default=1_000,
                         help="placeholder users of the refused-profile-writes scenario (0 skips "
                              "it; default 1000)")
+    parser.add_argument("--freshness-users", type=int, default=10_000,
+                        help="tenant size of the freshness scenario (0 skips it; default 10000)")
+    parser.add_argument("--freshness-interval", type=int, default=15,
+                        help="RECONCILE_INTERVAL of the freshness scenario, minutes (default 15)")
+    parser.add_argument("--freshness-minutes", type=int, default=45,
+                        help="simulated minutes in which photos change (default 45)")
+    parser.add_argument("--freshness-changes", type=int, default=60,
+                        help="photo changes of users outside the hot set (default 60)")
+    parser.add_argument("--freshness-hot-changes", type=int, default=20,
+                        help="photo changes of hot users (default 20)")
+    parser.add_argument("--loop-lag-users", type=int, default=1_000,
+                        help="queued users of the loop-lag scenario (0 skips it; default 1000)")
     parser.add_argument("--multigeo-users", type=int, default=3_000,
                         help="tenant size of the three-geo scenario (0 skips it; default 3000)")
     parser.add_argument("--preflight-users", type=int, default=10_000,
@@ -790,7 +802,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     thumbs = thumbnail_cost(args.thumbnail_runs)
     results = []
-    initial = geos = verified = refused = None
+    initial = geos = fresh = lag = verified = refused = None
     with Azurite() as azurite:
         for n in args.size_list:
             results.append(run_size(n, azurite, args))
@@ -804,6 +816,10 @@ def main(argv: list[str] | None = None) -> int:
             geos = multigeo.multigeo(azurite, args, console)
         checked = preflight.preflight_bench(azurite, args, console) \
             if args.preflight_users else None
+        if args.freshness_users:
+            fresh = freshness.freshness(azurite, args, console)
+        if args.loop_lag_users:
+            lag = freshness.loop_lag(azurite, args, console)
     if results:
         print_tables(results, thumbs, args)
     scale.print_scale_tables(results, initial, args, console)
@@ -816,13 +832,32 @@ def main(argv: list[str] | None = None) -> int:
             {"machine": info, "args": {k: v for k, v in vars(args).items()},
              "thumbnails": thumbs, "sizes": [r.__dict__ for r in results],
              "initial_sync": initial, "multi_geo": geos, "preflight": checked,
-             "verify": verified, "refused_writes": refused}, indent=2, default=str))
+             "freshness": fresh, "loop_lag": lag, "verify": verified,
+             "refused_writes": refused}, indent=2, default=str))
     if initial:
         print(scale.initial_sync_line(initial), flush=True)
     if geos:
         print(multigeo.multigeo_line(geos), flush=True)
     if checked:
         print(preflight.preflight_line(checked), flush=True)
+    if fresh:
+        console.print(f"freshness goals: p95 <= {fresh['goal_p95']:.0f} s "
+                      f"{verdict(fresh['p95'] <= fresh['goal_p95'])}, hot p95 <= "
+                      f"{fresh['goal_hot_p95']:.0f} s "
+                      f"{verdict(fresh['hot_p95'] <= fresh['goal_hot_p95'])}; "
+                      f"{fresh['samples']}/{fresh['changes']} changes seen "
+                      f"({fresh['hot_samples']} hot), {fresh['passes']} passes, hot check "
+                      f"{fresh['hot_check_seconds']:.1f} s, Graph requests "
+                      f"{fresh['graph_requests']}")
+        for line in freshness.freshness_lines(fresh):
+            print(line, flush=True)
+    if lag:
+        console.print(f"loop lag goal: max < {freshness.GOALS['loop_lag_max_ms']:.0f} ms "
+                      f"{verdict(lag['max_ms'] < freshness.GOALS['loop_lag_max_ms'])}; less the "
+                      f"time the loop's thread waited for a CPU (load average "
+                      f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores): p99 "
+                      f"{lag['own_p99_ms']:.0f} ms, max {lag['own_max_ms']:.0f} ms")
+        print(freshness.loop_lag_line(lag), flush=True)
     if verified:
         print(verify_bench.verify_line(verified), flush=True)
     if refused:

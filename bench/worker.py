@@ -190,6 +190,84 @@ def cmd_outcomes() -> dict[str, int]:
     return asyncio.run(outcome_counts(get_settings())).outcomes
 
 
+# The freshness scenario (bench/freshness.py): one long-lived event loop, as a Functions worker has,
+# and a simulated wall clock for the app (the waits between timer ticks are skipped; the work is
+# real and its real duration moves the clock on).
+_loop: asyncio.AbstractEventLoop | None = None
+_clock_offset = 0.0
+
+
+def _worker_loop() -> asyncio.AbstractEventLoop:
+    global _loop
+    if _loop is None:
+        _loop = asyncio.new_event_loop()
+    return _loop
+
+
+def _simulated_now() -> Any:
+    from datetime import datetime, timedelta, timezone
+
+    return datetime.now(timezone.utc) + timedelta(seconds=_clock_offset)
+
+
+def cmd_set_clock(epoch_seconds: float) -> dict[str, Any]:
+    """From now on the app's clock (shared.state.utc_now, as the timer and the pass read it)
+    reads `epoch_seconds`, then runs on in real time."""
+    global _clock_offset
+    from shared import handlers, reconcile, state
+
+    _clock_offset = epoch_seconds - time.time()
+    for module in (state, reconcile, handlers):
+        module.utc_now = _simulated_now  # type: ignore[attr-defined]
+    return {"offset": _clock_offset}
+
+
+def cmd_tick() -> dict[str, Any]:
+    """One run of the reconcile timer: what function_app.reconcile awaits, on the worker's loop."""
+    from shared.handlers import handle_timer
+
+    started = time.perf_counter()
+    outcome = _worker_loop().run_until_complete(handle_timer())
+    return {"elapsed": time.perf_counter() - started, "outcome": outcome}
+
+
+def cmd_drain_timed(timeout: float = 600) -> dict[str, Any]:
+    """Run sync_photo until the queue is empty; when each user's sync finished (seconds from
+    the start) and what it did."""
+    import function_app
+    from shared.handlers import get_settings
+    from simulator.functions_host import QueueWorker
+
+    async def go() -> dict[str, Any]:
+        worker = QueueWorker(function_app.app, get_settings().storage.connection_string or "",
+                             "sync_photo")
+        finished: dict[str, float] = {}
+        started = time.perf_counter()
+        run = worker.function
+
+        async def timed(msg: Any) -> None:
+            await run(msg)
+            finished[json.loads(msg.get_body())["userId"]] = time.perf_counter() - started
+
+        worker.function = timed
+        async with worker:
+            deadline = started + timeout
+            while time.perf_counter() < deadline:
+                if not await worker.run_once():
+                    break
+        return {"elapsed": time.perf_counter() - started, "finished": finished,
+                "failures": worker.failures}
+
+    return _worker_loop().run_until_complete(go())
+
+
+def cmd_loop_lag(expected: int, notify: list[str], timeout: float = 900) -> dict[str, Any]:
+    """bench/loop.py's mixed load on one fresh loop: the worker instance's loop lag."""
+    from bench.loop import mixed_load
+
+    return asyncio.run(mixed_load(expected, notify, timeout=timeout)).as_dict()
+
+
 def cmd_baseline(sample: int, roots: dict[str, str], photos_folder: str,
                  pause_ms: float = 0) -> dict[str, Any]:
     from .baseline import run_baseline
@@ -198,8 +276,20 @@ def cmd_baseline(sample: int, roots: dict[str, str], photos_folder: str,
 
 
 COMMANDS = {"warmup": cmd_warmup, "reconcile": cmd_reconcile, "drain": cmd_drain,
-            "drain_all": cmd_drain_all, "baseline": cmd_baseline, "verify": cmd_verify,
-            "outcomes": cmd_outcomes}
+            "drain_all": cmd_drain_all, "baseline": cmd_baseline, "set_clock": cmd_set_clock,
+            "tick": cmd_tick, "drain_timed": cmd_drain_timed, "loop_lag": cmd_loop_lag,
+            "verify": cmd_verify, "outcomes": cmd_outcomes}
+
+
+def close_worker_loop() -> None:
+    """Close the clients the freshness scenario's loop opened, then the loop, as a worker does."""
+    if _loop is None:
+        return
+    from shared.handlers import close_process_clients
+
+    _loop.run_until_complete(close_process_clients())
+    _loop.run_until_complete(_loop.shutdown_asyncgens())
+    _loop.close()
 
 
 def main() -> None:
@@ -215,6 +305,7 @@ def main() -> None:
         except Exception:  # report it to the parent, which fails the run with the traceback
             answer = {"ok": False, "error": traceback.format_exc()}
         protocol.write(json.dumps(answer) + "\n")
+    close_worker_loop()
 
 
 if __name__ == "__main__":

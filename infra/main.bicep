@@ -64,8 +64,23 @@ param sharePointMySiteUrl string
 @description('SharePoint admin host, e.g. https://contoso-admin.sharepoint.com. Empty: the app derives it from the My Site host (-my. -> -admin.).')
 param sharePointAdminUrl string = ''
 
-@description('NCRONTAB schedule of the reconciliation timer (app setting RECONCILE_SCHEDULE).')
-param reconcileSchedule string = '0 0 */6 * * *'
+// Reconciliation (docs/settings.md): the timer ticks every minute and starts a pass when this many
+// minutes have passed since the previous pass started. It replaces RECONCILE_SCHEDULE (deprecated:
+// the app still reads it for one release when RECONCILE_INTERVAL is not set).
+@minValue(0)
+@maxValue(10080)
+@description('Minutes between reconciliation passes (app setting RECONCILE_INTERVAL); 0 turns the timer\'s passes off. Every photo change shows within this plus one pass.')
+param reconcileIntervalMinutes int = 15
+
+@minValue(0)
+@maxValue(10080)
+@description('Minutes between checks of the hot users (new in 14 days, or photo changed in 30) between passes (app setting RECONCILE_HOT_INTERVAL); 0: off.')
+param reconcileHotIntervalMinutes int = 2
+
+@minValue(0)
+@maxValue(100)
+@description('The hot set\'s bound, in percent of the users in scope, most recent first (app setting RECONCILE_HOT_PERCENT).')
+param reconcileHotPercent int = 5
 
 // Booleans are strings on purpose: azd converts a `bool` parameter's value with Go's
 // strconv.ParseBool (Azure/azure-dev cli/azd/pkg/infra/provisioning/bicep/bicep_provider.go,
@@ -224,7 +239,7 @@ param alertEmail string = ''
 
 @minValue(0)
 @maxValue(48)
-@description('Alert when no reconciliation completed for this many hours (ALERT_RECONCILE_AFTER_HOURS). 0: twice the interval of reconcileSchedule when it is every N hours (*/N in the hour field), else 48.')
+@description('Alert when no reconciliation completed for this many hours (ALERT_RECONCILE_AFTER_HOURS). 0: twice reconcileIntervalMinutes, rounded up to whole hours, at least 2 (48 when passes are off).')
 param reconcileAlertAfterHours int = 0
 
 @minValue(1)
@@ -403,7 +418,9 @@ module api './app/api.bicep' = {
     thumbnailNaming: thumbnailNaming
     organisation: organisation
     graphClientState: graphClientState
-    reconcileSchedule: reconcileSchedule
+    reconcileIntervalMinutes: reconcileIntervalMinutes
+    reconcileHotIntervalMinutes: reconcileHotIntervalMinutes
+    reconcileHotPercent: reconcileHotPercent
     includeGuests: includeGuests
     enabledOnly: enabledOnly
     paused: paused
@@ -417,13 +434,9 @@ module api './app/api.bicep' = {
 }
 
 // Alert rules on the app's structured log records (infra/app/alerts.bicep, docs/deploy.md "Alerts").
-// The interval of an every-N-hours schedule ('0 0 */6 * * *': the hour field is '*/6'); anything else
-// is treated as daily. ARM evaluates only the branch of a conditional it takes, so int() never sees
-// a non-number.
-var scheduleFields = split(reconcileSchedule, ' ')
-var scheduleHours = length(scheduleFields) == 6 ? scheduleFields[2] : ''
-var reconcileIntervalHours = startsWith(scheduleHours, '*/') ? int(substring(scheduleHours, 2)) : 24
-var derivedReconcileAlertHours = min(2 * reconcileIntervalHours, 48)
+// Twice the pass interval in whole hours (integer arithmetic on the numeric parameter), at least 2
+// so that a long pass at a large tenant does not alert, at most 48 (the rules look back 2 days).
+var derivedReconcileAlertHours = reconcileIntervalMinutes == 0 ? 48 : min(max((2 * reconcileIntervalMinutes + 59) / 60, 2), 48)
 
 module alerts './app/alerts.bicep' = {
   name: 'alerts'

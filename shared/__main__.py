@@ -493,6 +493,8 @@ def _print_summary(summary: dict[str, object], as_json: bool) -> None:
     subscription = summary["subscription"]
     console.print(f"last complete reconciliation: {summary['lastReconcile'] or 'never'}"
                   + (" (one is in progress)" if summary["reconcileInProgress"] else ""))
+    console.print(f"hot users (checked every {get_settings().reconcile_hot_interval_minutes} min "
+                  f"between passes): {summary.get('hotUsers', 0)}")
     console.print("subscription: " + (f"{subscription['id']}, expires {subscription['expiresAt']}"
                                       if isinstance(subscription, dict) else "none"))
     queues = summary["queues"]

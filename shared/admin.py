@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import jwt
 from azure.core.exceptions import AzureError
 
 from . import counters, operations, preflight, subscriptions
+from .credentials import Identity, identity_of
 from .handlers import UNPAUSE_HINT, get_credential, run_reconcile
 from .inputs import MAX_SYNC_BODY_BYTES, InputTooLarge, InvalidMessage, load_json
 from .settings import Settings
@@ -180,16 +180,6 @@ register("verify", verify_command)  # read-only (shared/verify.py)
 
 # Who runs it
 
-@dataclass(frozen=True)
-class Identity:
-    kind: str  # "app" or "user"; "unknown" when no token could be had
-    name: str  # the app (client) id, or the user's UPN
-
-    @property
-    def text(self) -> str:
-        return f"{self.kind} {self.name}" if self.kind != "unknown" else f"unknown ({self.name})"
-
-
 async def current_identity(settings: Settings) -> Identity:
     """Who PHOTO_SYNC_CREDENTIAL signs in as, from the claims of a Graph token (read, not
     verified: Graph verifies it; we only say whose it is). A user token names the user."""
@@ -199,14 +189,7 @@ async def current_identity(settings: Settings) -> Identity:
         token = await asyncio.to_thread(get_credential().get_token, f"{origin}/.default")
     except (AzureError, OSError, ValueError) as error:
         return Identity("unknown", f"no token: {type(error).__name__}")
-    try:
-        claims = jwt.decode(token.token, options={"verify_signature": False})
-    except jwt.PyJWTError:
-        return Identity("unknown", "the token is not a JWT")
-    user = claims.get("upn") or claims.get("unique_name") or claims.get("preferred_username")
-    if user or claims.get("idtyp") == "user" or claims.get("scp"):
-        return Identity("user", str(user or claims.get("oid", "?")))
-    return Identity("app", str(claims.get("appid") or claims.get("azp") or claims.get("oid", "?")))
+    return identity_of(token.token)
 
 
 def deployed_storage(settings: Settings) -> bool:

@@ -164,6 +164,8 @@ class GeoClients:
     """The geos of the tenant and one SharePointProfiles client per geo: "which SharePoint client
     for this user". The default geo's client is the context's own; others open on first use."""
 
+    profiles: type[SharePointProfiles] = SharePointProfiles  # the class each geo's client is
+
     def __init__(self, settings: Settings, credential: CachingCredential, graph: GraphDirectory,
                  state: StateStore, default_client: SharePointProfiles) -> None:
         self._settings = settings
@@ -213,7 +215,7 @@ class GeoClients:
         if geo.default:
             return self._default
         if geo.key not in self._clients:
-            self._clients[geo.key] = SharePointProfiles.for_geo(
+            self._clients[geo.key] = self.profiles.for_geo(
                 self._settings, self._credential, geo.key, geo.mysite_url, geo.admin_url)
         return self._clients[geo.key]
 

@@ -12,7 +12,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
@@ -40,7 +40,9 @@ from .pacing import GraphTransport, Throttled, photo_gate, throttle_wait
 from .settings import Settings
 from .telemetry import CountingTransport
 
-USER_FIELDS = ["id", "userPrincipalName", "displayName", "mail", "accountEnabled", "userType"]
+# createdDateTime ("returned only on $select", user resource page) tells reconciliation who is new
+USER_FIELDS = ["id", "userPrincipalName", "displayName", "mail", "accountEnabled", "userType",
+               "createdDateTime"]
 # Read on Multi-Geo tenants only: where the user's personal site is, and where it should be
 # (sp-dev-docs multigeo-userprofileexperience.md); shared/geos.py decides the geo from them.
 GEO_FIELDS = ["mySite", "preferredDataLocation"]
@@ -61,6 +63,7 @@ class DirectoryUser:
     display_name: str = ""
     account_enabled: bool = True
     user_type: str = "Member"
+    created_at: datetime | None = None  # Graph's createdDateTime (None for some old accounts)
     my_site: str = ""  # Graph mySite: the personal site's URL (Multi-Geo tenants, users with one)
     preferred_data_location: str = ""  # Graph preferredDataLocation, e.g. "EUR" (a hint only)
 
@@ -76,10 +79,28 @@ class GraphThrottled(GraphError, Throttled):
     queue function schedules the sync again after `wait` seconds."""
 
 
+def load_typed_models() -> None:
+    """Import, now, what msgraph-sdk imports lazily on the first typed answer it parses.
+
+    A Subscription is an Entity, and Entity's discriminator imports every Graph model (about
+    1,200 modules, over a second of CPU): on the first subscription call that froze the worker's
+    event loop, which every invocation of the instance shares. function_app.py calls this while
+    the host indexes the functions, before any invocation runs."""
+    from kiota_serialization_json.json_parse_node_factory import JsonParseNodeFactory
+
+    sample = {"id": "0", "resource": "users", "changeType": "updated",
+              "expirationDateTime": "2000-01-01T00:00:00Z"}
+    node = JsonParseNodeFactory().get_root_parse_node("application/json",
+                                                      json.dumps(sample).encode())
+    node.get_object_value(Subscription)
+
+
 def build_graph_client(settings: Settings, credential: CachingCredential, http: httpx.AsyncClient,
                        max_retries: int = 3) -> GraphServiceClient:
     host = urlsplit(settings.graph_base_url).hostname or ""
-    auth = AzureIdentityAuthenticationProvider(credential, scopes=[scope_for(settings.graph_base_url)],
+    # the async face of the process's credential: Kiota awaits it, so no token call blocks the loop
+    auth = AzureIdentityAuthenticationProvider(credential.for_loop(),
+                                               scopes=[scope_for(settings.graph_base_url)],
                                                allowed_hosts=[host])
     http = GraphClientFactory.create_with_default_middleware(
         client=http,
@@ -97,8 +118,8 @@ class GraphDirectory:
         # Photo requests are gated to the process's share of Outlook's concurrency (pacing.py);
         # every attempt is counted (telemetry.py). Kiota's UserAgentHandler appends its own
         # product token after our traffic decoration.
-        transport = GraphTransport(CountingTransport("graph", http2=True), photo_gate(settings),
-                                   GraphThrottled)
+        self._wire = CountingTransport("graph", http2=True)
+        transport = GraphTransport(self._wire, photo_gate(settings), GraphThrottled)
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(60, connect=10), transport=transport,
                                        headers={"User-Agent": settings.user_agent})
         self.client = build_graph_client(settings, credential, self._http)
@@ -107,7 +128,11 @@ class GraphDirectory:
         self._my_site_refused = False  # see get_user
 
     async def close(self) -> None:
+        """Close the client and the connection pool under it: msgraph-core wraps the client's
+        transport in an AsyncGraphTransport that has no `aclose` (msgraph-core 1.5), so closing
+        the client alone would leave the pool's connections open."""
         await self._http.aclose()
+        await self._wire.aclose()
 
     async def _call(self, request: Callable[[], Awaitable[T]]) -> T:
         """Run a request; on 401 (token revoked or expired early) get a new token and retry once."""
@@ -434,7 +459,19 @@ def _directory_user(user: dict[str, Any]) -> DirectoryUser:
                          account_enabled=user.get("accountEnabled") is not False,
                          user_type=user.get("userType") or "Member",
                          my_site=user.get("mySite") or "",
-                         preferred_data_location=(user.get("preferredDataLocation") or "").upper())
+                         preferred_data_location=(user.get("preferredDataLocation") or "").upper(),
+                         created_at=_timestamp(user.get("createdDateTime")))
+
+
+def _timestamp(value: object) -> datetime | None:
+    """An ISO 8601 timestamp from Graph ("2026-11-30T08:15:00Z"); None when absent or unreadable."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
 def _as_graph_error(error: ODataError, doing: str) -> GraphError:

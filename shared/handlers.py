@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib
 import json
 import logging
 import random
 import time
 from collections.abc import AsyncGenerator
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +22,7 @@ from azure.core.exceptions import AzureError, ResourceNotFoundError
 
 from . import geos, pacing, telemetry
 from .credentials import CachingCredential, build_credential
-from .graph import GraphDirectory
+from .graph import GraphDirectory, load_typed_models
 from .inputs import (
     NOTIFIED_CHUNK,
     InputTooLarge,
@@ -51,10 +52,18 @@ from .queue import (
     queue_text,
     send_texts,
 )
-from .reconcile import DEFAULT_TIME_BUDGET_SECONDS, ReconcileReport, reconcile
+from .reconcile import (
+    DEFAULT_TIME_BUDGET_SECONDS,
+    HotReport,
+    ReconcileReport,
+    check_hot,
+    hot_due,
+    pass_due,
+    reconcile,
+)
 from .settings import Settings
 from .sharepoint import SharePointProfiles, forget_learnt_sizes
-from .state import StateStore
+from .state import StateStore, utc_now
 from .subscriptions import SubscriptionStatus, ensure_subscription, reauthorize
 from .sync import SyncContext, SyncResult, UserBusy, open_context, sync_user
 from .verify import run_verify
@@ -63,6 +72,9 @@ log = logging.getLogger("photo_sync")
 
 DIRECT_NOTIFICATION_LIMIT = 20  # up to this many users per notification POST are queued directly
 RESCHEDULE_JITTER = 0.1
+# The reconcile timer's NCRONTAB: second 0 of every minute. How often a pass runs is
+# RECONCILE_INTERVAL, decided at each tick (shared/reconcile.py, pass_due).
+TIMER_SCHEDULE = "0 * * * * *"
 # Graph wants a webhook's answer within 3 s: storing its messages (and, for lifecycle events,
 # reading the subscription record) gets this long; what is stored by then counts (see _store).
 WEBHOOK_STORE_SECONDS = 2.0
@@ -87,6 +99,18 @@ def get_settings() -> Settings:
 def get_credential() -> CachingCredential:
     """One credential per process, so its token cache is shared by every invocation."""
     return build_credential(get_settings())
+
+
+def prepare_worker() -> None:
+    """What would otherwise stall the worker's one event loop on first use, done while the host
+    indexes the functions: msgraph's typed models (over a second of imports), the TLS context
+    (the CA bundle) every Graph and SharePoint client shares, and httpx's connection modules."""
+    load_typed_models()
+    telemetry.tls_context()
+    # httpx's transport stack (httpcore, anyio, h11, h2) is imported on the first connection
+    for module in ("anyio._backends._asyncio", "h11", "h2.connection", "httpcore._async.http11",
+                   "httpcore._async.http2"):
+        importlib.import_module(module)
 
 
 def reset_process_caches() -> None:
@@ -497,16 +521,37 @@ async def run_reconcile(force: bool = False, dry_run: bool = False,
 
 
 async def handle_timer() -> dict[str, Any]:
-    """The timer: keep the subscription alive, then reconcile everyone; whatever happened, log
-    the "photo-sync health" record the alert rules read."""
+    """The timer, every minute: a reconciliation pass when RECONCILE_INTERVAL is up (after
+    keeping the subscription alive), else a check of the hot users when RECONCILE_HOT_INTERVAL
+    is up, else nothing. A pass, and the top of each hour, log the "photo-sync health" record the
+    alert rules read; the hour also renews the subscription when passes are off."""
     settings = get_settings()
     if settings.paused:  # no subscription, nothing queued; the health record still says so
         log.info(UNPAUSE_HINT)
         await log_health(settings)
         return {"paused": True}
+    _log_deprecations(settings)
+    now = utc_now()
+    async with _tick_clients(settings) as (context, queue):
+        cursor = await context.state.get_cursor()
+        if pass_due(settings, cursor, now):
+            return await _timer_pass(settings, context)
+        hot: HotReport | None = None
+        if hot_due(settings, cursor, now):
+            hot = await check_hot(settings, context.graph, context.state, queue)
+        outcome: dict[str, Any] = {"reconcile": "not due",
+                                   **(hot.as_dict() if hot is not None else {})}
+        if now.minute == 0:
+            if not settings.reconcile_interval_minutes:
+                subscription = await ensure_subscription(settings, context.graph, context.state)
+                outcome["subscription"] = subscription.as_dict()
+            await log_health(settings)
+    return outcome
+
+
+async def _timer_pass(settings: Settings, context: SyncContext) -> dict[str, Any]:
     try:
-        async with open_context(settings, get_credential()) as context:
-            subscription = await ensure_subscription(settings, context.graph, context.state)
+        subscription = await ensure_subscription(settings, context.graph, context.state)
         report = await run_reconcile()
     finally:
         await log_health(settings)
@@ -530,6 +575,29 @@ async def handle_verify_timer() -> dict[str, Any]:
                "requests_per_user": round(report.requests_per_user(), 2)}
     telemetry.log_verify(figures)
     return figures
+
+
+@asynccontextmanager
+async def _tick_clients(settings: Settings) -> AsyncGenerator[tuple[SyncContext, SyncQueue], None]:
+    """The worker's clients for a timer tick (a tick a minute must not open and close them)."""
+    if PROCESS_CLIENTS:
+        clients = await process_clients()
+        yield clients.context, clients.queue
+        return
+    async with open_context(settings, get_credential()) as context, \
+            SyncQueue.from_settings(settings) as queue:
+        yield context, queue
+
+
+_deprecations_logged: set[str] = set()
+
+
+def _log_deprecations(settings: Settings) -> None:
+    """Say once per process which deprecated settings are still in use (docs/settings.md)."""
+    for note in settings.deprecations:
+        if note not in _deprecations_logged:
+            _deprecations_logged.add(note)
+            log.warning(note)
 
 
 async def log_health(settings: Settings) -> None:

@@ -76,6 +76,8 @@ async def tenant_summary(settings: Settings) -> dict[str, Any]:
         "counters": "ready" if counts.ready else "scan",
         "lastReconcile": cursor.last_completed_at.isoformat() if cursor.last_completed_at else None,
         "reconcileInProgress": bool(cursor.next_link),
+        # checked every RECONCILE_HOT_INTERVAL between passes (shared/reconcile.py)
+        "hotUsers": cursor.hot_users or 0,
         "subscription": {"id": subscription.subscription_id,
                          "expiresAt": subscription.expires_at.isoformat()} if subscription else None,
         "queues": dict(zip(_queue_names(settings), queues, strict=True)),

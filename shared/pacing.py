@@ -20,7 +20,8 @@ So every SharePoint request of a worker process goes through one `SharePointPace
 Graph photo requests are served by Outlook, which runs at most 4 requests per app at once, and
 inside a JSON $batch "executes up to 4 requests in parallel" (microsoft-graph-docs-contrib,
 concepts/throttling-limits.md, "Outlook service limits"). `PhotoGate` keeps a process's photo
-requests within GRAPH_PHOTO_CONCURRENCY / PHOTO_SYNC_MAX_INSTANCES slots (a $batch takes up to 4), and
+requests within GRAPH_PHOTO_CONCURRENCY / PHOTO_SYNC_MAX_INSTANCES slots (a $batch takes up to 4)
+and gives reconciliation at most half of them while sync messages are waiting, and
 `AdaptiveLimit` lets reconciliation halve its $batch concurrency when items still come back 429.
 
 Asyncio primitives belong to one event loop; the Functions worker runs one loop per process, tests
@@ -31,11 +32,13 @@ kept per running loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import functools
 import time
 import weakref
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from email.utils import parsedate_to_datetime
 from typing import TypeVar
 
@@ -165,32 +168,87 @@ class PacedTransport(httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
 
+class _GateState:
+    """A PhotoGate's primitives and counts on one event loop."""
+
+    def __init__(self) -> None:
+        self.changed = asyncio.Condition()
+        self.in_use = 0
+        self.background = 0           # slots held by reconciliation
+        self.foreground_waiting = 0   # syncs of this process waiting for a slot
+
+
 class PhotoGate:
-    """Slots for Graph photo requests in flight from this process (Outlook's concurrency)."""
+    """Slots for Graph photo requests in flight from this process (Outlook's concurrency).
+
+    Reconciliation's requests are background traffic (`background_traffic()`): while sync
+    messages are waiting -- in this process at the gate, or in the queue as reconciliation last
+    saw it (`sync_backlog`) -- they hold at most half of the slots, so syncs keep their share."""
 
     def __init__(self, slots: int) -> None:
         self.slots = max(1, slots)
+        self.background_share = max(1, self.slots // 2)
+        self.sync_backlog = False  # set by reconciliation from the sync queue's depth
         self._per_loop = _PerLoop()
 
-    def _primitives(self) -> tuple[asyncio.Semaphore, asyncio.Lock]:
-        return self._per_loop.get_or_make(lambda: (asyncio.Semaphore(self.slots), asyncio.Lock()))
+    def _state(self) -> _GateState:
+        return self._per_loop.get_or_make(_GateState)
+
+    def syncs_waiting(self) -> bool:
+        return self.sync_backlog or self._state().foreground_waiting > 0
+
+    def background_slots(self) -> int:
+        """Slots reconciliation may hold now (so: the most photo items worth one $batch)."""
+        return self.background_share if self.syncs_waiting() else self.slots
 
     async def acquire(self, n: int) -> int:
-        """Take `n` slots (at most all of them); return how many were taken."""
+        """Take `n` slots (at most all of them; for background traffic at most its share);
+        return how many were taken."""
+        background = _background.get()
         n = max(1, min(n, self.slots))
-        semaphore, several = self._primitives()
-        if n == 1:
-            await semaphore.acquire()
-            return 1
-        async with several:  # one multi-slot taker at a time, so two can never deadlock
-            for _ in range(n):
-                await semaphore.acquire()
+        state = self._state()
+        async with state.changed:
+            if background:
+                def free() -> bool:
+                    limit = self.background_slots()
+                    return state.in_use + n <= self.slots and (
+                        state.background + n <= limit or state.background == 0)
+            else:
+                def free() -> bool:
+                    return state.in_use + n <= self.slots
+                state.foreground_waiting += 1
+            try:
+                await state.changed.wait_for(free)
+            finally:
+                if not background:
+                    state.foreground_waiting -= 1
+            state.in_use += n
+            if background:
+                state.background += n
         return n
 
-    def release(self, n: int) -> None:
-        semaphore, _ = self._primitives()
-        for _ in range(n):
-            semaphore.release()
+    async def release(self, n: int, background: bool | None = None) -> None:
+        state = self._state()
+        async with state.changed:
+            state.in_use -= n
+            if _background.get() if background is None else background:
+                state.background -= n
+            state.changed.notify_all()
+
+
+_background: contextvars.ContextVar[bool] = contextvars.ContextVar("photo_sync_background",
+                                                                   default=False)
+
+
+@contextlib.contextmanager
+def background_traffic() -> Iterator[None]:
+    """Graph photo requests made inside this block (and the tasks it starts) are
+    reconciliation's: they yield to syncs at the PhotoGate."""
+    token = _background.set(True)
+    try:
+        yield
+    finally:
+        _background.reset(token)
 
 
 class GraphTransport(httpx.AsyncBaseTransport):
@@ -218,7 +276,7 @@ class GraphTransport(httpx.AsyncBaseTransport):
             response = await self._inner.handle_async_request(request)
         finally:
             if taken:
-                self._gate.release(taken)
+                await self._gate.release(taken)
         if response.status_code in (429, 503):
             wait = _retry_after(response.headers.get("Retry-After")) or 0.0
             if wait > INLINE_WAIT_SECONDS:

@@ -28,12 +28,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import jwt
 from azure.core.exceptions import AzureError, ClientAuthenticationError, ResourceNotFoundError
 
 from . import telemetry
-from .credentials import CachingCredential, scope_for
+from .credentials import CachingCredential, identity_of, scope_for
 from .graph import DirectoryUser, GraphDirectory, GraphError
+from .geos import Geo, GeoClients, GeoMap, configured
 from .handlers import get_credential
 from .pacing import RU_PER_REQUEST, Throttled
 from .queue import SyncRequest, queue_client
@@ -48,8 +48,8 @@ from .sharepoint import (
     upn_stem,
 )
 from .outcomes import Outcome, SyncResult
-from .state import StateStore
-from .sync import SyncContext, sync_user
+from .state import StateStore, UserState
+from .sync import GeoUnknown, SyncContext, locate_profile, sync_user
 from .thumbnails import picture_px, placeholder_thumbnails
 from .writes import UNTESTED_NOTE
 
@@ -85,11 +85,15 @@ class Check:
     permission: str = ""  # the missing permission or setting
     command: str = ""  # what grants it or where the setting is explained
     kind: str = "other"  # setting | permission | other
+    geo: str = ""  # Multi-Geo: the geo a SharePoint check was made in
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "ok": self.ok, "detail": self.detail,
-                "permission": self.permission or None, "command": self.command or None,
-                "kind": self.kind}
+        said: dict[str, Any] = {"name": self.name, "ok": self.ok, "detail": self.detail,
+                                "permission": self.permission or None,
+                                "command": self.command or None, "kind": self.kind}
+        if self.geo:
+            said["geo"] = self.geo
+        return said
 
 
 class _ReadOnceProfiles(SharePointProfiles):
@@ -104,6 +108,16 @@ class _ReadOnceProfiles(SharePointProfiles):
         if key not in self._profiles:
             self._profiles[key] = asyncio.ensure_future(super().get_profile(upn))
         return await asyncio.shield(self._profiles[key])
+
+
+class _ReadOnlyGeoClients(GeoClients):
+    """The sync's geos and per-geo clients, for a read-only run: a discovery is not written to the
+    state table, and each geo's profiles are read once."""
+
+    profiles = _ReadOnceProfiles
+
+    async def geo_map(self, remember: bool = False) -> GeoMap:
+        return await super().geo_map(remember=False)
 
 
 def sample_key(user_id: str) -> str:
@@ -161,6 +175,10 @@ class _Run:
         self.graph = GraphDirectory(settings, credential)
         self.sharepoint = _ReadOnceProfiles.from_settings(settings, credential)
         self.state = StateStore.from_settings(settings)
+        self.geo_clients = _ReadOnlyGeoClients(settings, credential, self.graph, self.state,
+                                               self.sharepoint)
+        self.geos: GeoMap = configured(settings)
+        self.by_geo: dict[str, dict[str, Any]] = {}  # Multi-Geo: the survey of each geo
         self.identity = "unknown"
         self.in_scope: list[DirectoryUser] = []
         self.listed = {"users": 0, "disabled": 0, "guests": 0}
@@ -172,6 +190,7 @@ class _Run:
         self.profile_writes = "untested"
 
     async def close(self) -> None:
+        await self.geo_clients.close()
         await self.sharepoint.close()
         await self.state.close()
         await self.graph.close()
@@ -182,17 +201,18 @@ class _Run:
 
     async def attempt(self, name: str, call: Callable[[], Awaitable[str]],
                       refused: dict[str, str] | None = None,
-                      missing: dict[str, str] | None = None) -> bool:
+                      missing: dict[str, str] | None = None, geo: str = "") -> bool:
         """Run one check; a 401/403 names the permission, a 404 the setting (when given)."""
         try:
-            return self.check(name, True, await call())
+            return self.check(name, True, await call(), geo=geo)
         except FAILURES as error:
             status = _status(error)
             if status in (401, 403) and refused:
-                return self.check(name, False, _said(error), kind="permission", **refused)
+                return self.check(name, False, _said(error), kind="permission", geo=geo,
+                                  **refused)
             if (status == 404 or isinstance(error, PhotosFolderUnknown)) and missing:
-                return self.check(name, False, _said(error), **missing)
-            return self.check(name, False, _said(error))
+                return self.check(name, False, _said(error), geo=geo, **missing)
+            return self.check(name, False, _said(error), geo=geo)
 
     async def report(self) -> dict[str, Any]:
         graph_ok = await self.attempt("Graph token", self._graph_token)
@@ -217,20 +237,12 @@ class _Run:
             self.check("group membership", None,
                        "skipped: no SYNC_INCLUDE_GROUPS or SYNC_EXCLUDE_GROUPS")
             groups_ok = True
-        sharepoint_ok = await self.attempt("SharePoint token", self._sharepoint_token)
-        folder_setting = {"permission": "SHAREPOINT_PHOTOS_FOLDER", "kind": "setting",
-                          "command": "docs/settings.md#sharepoint_photos_folder"} \
-            if self.settings.photos_folder else {}
-        library_ok = sharepoint_ok and await self.attempt(
-            "photos library", self._library,
-            refused={"permission": "SharePoint Sites.Selected (a write grant on the My Site host)"
-                     " or Sites.FullControl.All", "command": f"{GRANT} (or --full-control)"},
-            missing=folder_setting or None)
-        profiles_ok = sharepoint_ok and first is not None and await self.attempt(
-            "read profiles", lambda: self._read_profile(first),
-            refused={"permission": "SharePoint User.Read.All", "command": GRANT})
-        if not sharepoint_ok or first is None:
-            self.check("read profiles", None, "skipped: no SharePoint token or no user")
+        if graph_ok:
+            self.geos = await self._geo_map()
+        library_ok = profiles_ok = True
+        for geo in self.geos.geos:  # every SharePoint check in each geo: each is its own farm
+            library, profiles = await self._sharepoint_checks(geo, first)
+            library_ok, profiles_ok = library_ok and library, profiles_ok and profiles
         await self._storage()
         await self._notification_url()
         await self._subscription()
@@ -248,12 +260,59 @@ class _Run:
     async def _graph_token(self) -> str:
         token = await asyncio.to_thread(self.credential.get_token,
                                         scope_for(self.settings.graph_base_url))
-        self.identity = identity_of(token.token)
+        identity = identity_of(token.token)  # the admin commands' own "ran as"
+        self.identity = identity.text + (" (a user's rights are not the app's: run it with "
+                                         "--app)" if identity.kind == "user" else "")
         return f"token for {urlsplit(self.settings.graph_base_url).netloc} as {self.identity}"
 
-    async def _sharepoint_token(self) -> str:
-        await asyncio.to_thread(self.credential.get_token, scope_for(self.settings.mysite_url))
-        return f"token for {urlsplit(self.settings.mysite_url).netloc}"
+    async def _geo_map(self) -> GeoMap:
+        """The geos the sync would use (SHAREPOINT_GEOS or discovery, not remembered); on a
+        Multi-Geo tenant a check line names them."""
+        try:
+            geos = await self.geo_clients.geo_map()
+        except FAILURES as error:  # the sync falls back to the configured geo too
+            self.check("geo locations", False, f"not discovered: {_said(error)}")
+            return configured(self.settings)
+        if geos.multi:
+            source = "SHAREPOINT_GEOS" if self.settings.sharepoint_geos else "discovery"
+            self.check("geo locations", True, f"{len(geos.geos)} geos from {source}: "
+                       + ", ".join(f"{g.key} ({urlsplit(g.mysite_url).netloc})"
+                                   for g in geos.geos))
+        return geos
+
+    async def _sharepoint_checks(self, geo: Geo,
+                                 first: DirectoryUser | None) -> tuple[bool, bool]:
+        """SharePoint token, photos library and profile read through one geo's hosts (whether
+        the library and the profile read passed); a Multi-Geo tenant's check names end with the
+        geo's key."""
+        multi = self.geos.multi
+        tag, key = (f" ({geo.key})", geo.key) if multi else ("", "")
+        client = self.geo_clients.client(geo)
+        sharepoint_ok = await self.attempt(f"SharePoint token{tag}",
+                                           lambda: self._sharepoint_token(geo.mysite_url),
+                                           geo=key)
+        folder_setting = {"permission": "SHAREPOINT_PHOTOS_FOLDER", "kind": "setting",
+                          "command": "docs/settings.md#sharepoint_photos_folder"} \
+            if self.settings.photos_folder and geo.default else {}
+        host = f"{urlsplit(geo.mysite_url).netloc}" if multi else "the My Site host"
+        library_ok = sharepoint_ok and await self.attempt(
+            f"photos library{tag}", lambda: self._library(client),
+            refused={"permission": f"SharePoint Sites.Selected (a write grant on {host})"
+                     " or Sites.FullControl.All",
+                     "command": f"{GRANT} --geos (each geo's My Site host; or --full-control)"
+                     if multi else f"{GRANT} (or --full-control)"},
+            missing=folder_setting or None, geo=key)
+        profiles_ok = sharepoint_ok and first is not None and await self.attempt(
+            f"read profiles{tag}", lambda: self._read_profile(client, first),
+            refused={"permission": "SharePoint User.Read.All", "command": GRANT}, geo=key)
+        if not sharepoint_ok or first is None:
+            self.check(f"read profiles{tag}", None, "skipped: no SharePoint token or no user",
+                       geo=key)
+        return library_ok, profiles_ok
+
+    async def _sharepoint_token(self, mysite_url: str) -> str:
+        await asyncio.to_thread(self.credential.get_token, scope_for(mysite_url))
+        return f"token for {urlsplit(mysite_url).netloc}"
 
     async def _list_users(self) -> str:
         settings = self.settings
@@ -288,12 +347,14 @@ class _Run:
         found = await self.graph.member_of(user.id, groups)
         return f"checkMemberGroups answered for {user.upn} ({len(found)} of {len(groups)})"
 
-    async def _library(self) -> str:
-        path, items = await self.sharepoint.read_folder()
+    @staticmethod
+    async def _library(client: SharePointProfiles) -> str:
+        path, items = await client.read_folder()
         return f"{path} readable, {items} files"
 
-    async def _read_profile(self, user: DirectoryUser) -> str:
-        profile = await self.sharepoint.get_profile(user.upn)
+    @staticmethod
+    async def _read_profile(client: SharePointProfiles, user: DirectoryUser) -> str:
+        profile = await client.get_profile(user.upn)
         return f"profile of {user.upn} read" + ("" if profile else " (none yet)")
 
     async def _storage(self) -> None:
@@ -383,10 +444,11 @@ class _Run:
                 "profile_writes": self.profile_writes, "note": "skipped: a check above failed"}
 
     async def _survey_and_predict(self, sample: list[DirectoryUser]) -> None:
-        context = SyncContext(self.settings, self.graph, self.sharepoint, self.state)
-        forms: Counter[str] = Counter()
-        guest_forms: Counter[str] = Counter()
-        linked_stems: list[str] = []
+        """Each sampled user through the sync's dry run and, in the geo the sync's own
+        `locate_profile` finds their profile in, the survey's reads."""
+        context = SyncContext(self.settings, self.graph, self.sharepoint, self.state,
+                              geos=self.geo_clients)
+        geos: dict[str, _GeoSurvey] = {g.key: _GeoSurvey(g) for g in self.geos.geos}
         gate = asyncio.Semaphore(CONCURRENCY)
         done = 0
 
@@ -394,60 +456,77 @@ class _Run:
             nonlocal done
             async with gate:
                 result = await _predict(context, user)
-                form, stem = await self._picture_form(user)
+                geo, form, stem = await self._picture_form(context, user)
             self.predicted[result.outcome.value] += 1
             self.predicted_codes[result.code] += 1
-            forms[form] += 1
-            if user.user_type == "Guest":
-                guest_forms[form] += 1
-            if stem and form != "placeholder":
-                linked_stems.append(stem)
+            geos[geo.key].add(user, result, form, stem)
             done += 1
             if self.progress:
                 self.progress(done, len(sample))
 
         await asyncio.gather(*(one(user) for user in sample))
-        seen = await self._thumbnail_sizes(sorted(linked_stems)[:THUMBNAIL_SAMPLE])
-        folder = await self.sharepoint.folder_path()
+        for geo in geos.values():
+            client = self.geo_clients.client(geo.geo)
+            geo.seen = await self._thumbnail_sizes(client,
+                                                   sorted(geo.linked)[:THUMBNAIL_SAMPLE])
+            geo.folder = await client.folder_path() if geo.sampled or geo.geo.default else ""
+        seen: dict[str, Counter[int]] = {s: sum((g.seen[s] for g in geos.values()), Counter())
+                                         for s in "SML"}
+        forms = sum((g.forms for g in geos.values()), Counter())
+        guest_forms = sum((g.guest_forms for g in geos.values()), Counter())
         self.survey = {
             "sampled": len(sample), "in_scope": len(self.in_scope),
             "listed": self.listed["users"],
-            "picture_url": {k: forms.get(k, 0) for k in ("object_id", "upn", "other",
-                                                         "placeholder")},
-            "thumbnail_px": {s: (seen[s].most_common(1)[0][0] if seen[s] else None)
-                             for s in "SML"},
+            "picture_url": _forms(forms), "thumbnail_px": _most_common(seen),
             "thumbnail_px_seen": {s: dict(seen[s]) for s in "SML"},
-            "photos_folder": folder, "guests": sum(guest_forms.values()),
+            "photos_folder": geos[self.geos.default.key].folder,
+            "guests": sum(guest_forms.values()),
             "guest_picture_url": dict(guest_forms), "disabled": self.listed["disabled"],
             "without_photo": self.predicted.get(Outcome.NO_PHOTO.value, 0)
             + self.predicted.get(Outcome.PHOTO_REMOVED.value, 0),
             "profile_writes": self.profile_writes}
+        if self.geos.multi:
+            self.by_geo = {key: geo.as_dict() for key, geo in geos.items()}
 
-    async def _picture_form(self, user: DirectoryUser) -> tuple[str, str]:
-        """Which name the profile's PictureURL uses: object id, UPN form, another location, or a
-        placeholder (no URL, or SPS-PicturePlaceholderState 1)."""
+    async def _picture_form(self, context: SyncContext,
+                            user: DirectoryUser) -> tuple[Geo, str, str]:
+        """The geo whose admin host holds the user's profile (found by the sync's own
+        `locate_profile`), and which name its PictureURL uses: object id, UPN form, another
+        location, or a placeholder (no URL, or SPS-PicturePlaceholderState 1)."""
         try:
-            profile = await self.sharepoint.get_profile(user.upn)
-        except FAILURES:
-            return "other", ""
+            geo, located, profile = await self._locate(context, user)
+        except (*FAILURES, GeoUnknown):
+            return self.geos.hint(user), "other", ""
         if profile is None or not profile.picture_url or profile.placeholder_state == "1":
-            return "placeholder", ""
-        stem = await self.sharepoint.linked_stem(profile)
+            return geo, "placeholder", ""
+        stem = await located.sharepoint.linked_stem(profile)
         if stem is None:
-            return "other", ""
+            return geo, "other", ""
         if stem.casefold() == user.id.casefold():
-            return "object_id", stem
+            return geo, "object_id", stem
         if stem.casefold() == upn_stem(user.upn).casefold():
-            return "upn", stem
-        return "other", stem
+            return geo, "upn", stem
+        return geo, "other", stem
 
-    async def _thumbnail_sizes(self, stems: list[str]) -> dict[str, Counter[int]]:
-        """Pixel sizes of existing S/M/L files, read from the files themselves."""
+    async def _locate(self, context: SyncContext,
+                      user: DirectoryUser) -> tuple[Geo, SyncContext, Profile | None]:
+        """The user's geo, the context of that geo's client and their profile, as the sync's
+        `locate_profile` finds them (the geo it remembered is its first guess)."""
+        geos = await context.geo_map()
+        state = (await self.state.get(user.id) if geos.multi else None) \
+            or UserState(user_id=user.id)
+        located, profile, _ = await locate_profile(context, geos, user, state)
+        return (geos.by_key(state.geo) if geos.multi else None) or geos.default, located, profile
+
+    @staticmethod
+    async def _thumbnail_sizes(client: SharePointProfiles,
+                               stems: list[str]) -> dict[str, Counter[int]]:
+        """Pixel sizes of existing S/M/L files, read from the files themselves (in their geo)."""
         seen: dict[str, Counter[int]] = {s: Counter() for s in "SML"}
         for stem in stems:
             for suffix in "SML":
                 try:
-                    size = picture_px(await self.sharepoint.download(stem, suffix) or b"")
+                    size = picture_px(await client.download(stem, suffix) or b"")
                 except FAILURES:
                     size = None
                 if size:
@@ -469,16 +548,19 @@ class _Run:
         await self.attempt("write test: upload", probe, refused={
             "permission": "SharePoint Sites.Selected with a write grant on the My Site host, or "
             "Sites.FullControl.All", "command": f"{GRANT} (or --full-control)"})
+        context = SyncContext(self.settings, self.graph, self.sharepoint, self.state,
+                              geos=self.geo_clients)
         for user in sample:
-            try:
-                profile = await self.sharepoint.get_profile(user.upn)
-            except FAILURES as error:
+            try:  # written through the admin host of the geo that holds the profile
+                _, located, profile = await self._locate(context, user)
+            except (*FAILURES, GeoUnknown) as error:
                 self.check("write test: profile", None, f"skipped: {_said(error)}")
                 return
             if profile is None:
                 continue
             try:
-                await self.sharepoint.set_property(user.upn, "PictureURL", profile.picture_url)
+                await located.sharepoint.set_property(user.upn, "PictureURL",
+                                                      profile.picture_url)
                 answer, status = "allowed", 200
             except ProfileWriteRefused as refused:
                 answer, status = "refused", refused.status
@@ -511,8 +593,57 @@ class _Run:
             "licences": {"count": self.licences, "detail": self.licences_detail,
                          "ru_per_minute_tier": ru_tier(self.licences) if self.licences else None},
             "durations": durations}
+        if self.geos.multi:
+            report["geos"] = [{**g.to_json(), **self.by_geo.get(g.key, {"sampled": 0})}
+                              for g in self.geos.geos]
         report["recommendations"] = recommendations(self.settings, report, failed)
         return report
+
+
+_FORM_KEYS = ("object_id", "upn", "other", "placeholder")
+
+
+def _forms(forms: Counter[str]) -> dict[str, int]:
+    return {k: forms.get(k, 0) for k in _FORM_KEYS}
+
+
+def _most_common(seen: dict[str, Counter[int]]) -> dict[str, int | None]:
+    return {s: (seen[s].most_common(1)[0][0] if seen[s] else None) for s in "SML"}
+
+
+@dataclass
+class _GeoSurvey:
+    """What the survey found in one geo (Multi-Geo: the report's `geos` entries)."""
+
+    geo: Geo
+    sampled: int = 0
+
+    def __post_init__(self) -> None:
+        self.users: list[str] = []
+        self.forms: Counter[str] = Counter()
+        self.guest_forms: Counter[str] = Counter()
+        self.predicted: Counter[str] = Counter()
+        self.linked: list[str] = []
+        self.seen: dict[str, Counter[int]] = {s: Counter() for s in "SML"}
+        self.folder = ""
+
+    def add(self, user: DirectoryUser, result: SyncResult, form: str, stem: str) -> None:
+        self.sampled += 1
+        self.users.append(user.upn)
+        self.forms[form] += 1
+        self.predicted[result.outcome.value] += 1
+        if user.user_type == "Guest":
+            self.guest_forms[form] += 1
+        if stem and form != "placeholder":
+            self.linked.append(stem)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"sampled": self.sampled, "users": sorted(self.users),
+                "picture_url": _forms(self.forms), "thumbnail_px": _most_common(self.seen),
+                "thumbnail_px_seen": {s: dict(self.seen[s]) for s in "SML"},
+                "photos_folder": self.folder, "guests": sum(self.guest_forms.values()),
+                "predicted": {o.value: n for o, n in ((o, self.predicted.get(o.value, 0))
+                                                      for o in Outcome) if n}}
 
 
 async def _predict(context: SyncContext, user: DirectoryUser) -> SyncResult:
@@ -528,18 +659,6 @@ def _only_group_reason(settings: Settings, user: DirectoryUser) -> bool:
     """Listed from an include group: in scope unless disabled or an excluded guest."""
     return not (settings.enabled_only and not user.account_enabled) and \
         (settings.include_guests or user.user_type != "Guest")
-
-
-def identity_of(token: str) -> str:
-    """Who a token speaks for, from its claims (read, not verified: only for the report)."""
-    try:
-        claims = jwt.decode(token, options={"verify_signature": False})
-    except jwt.PyJWTError:
-        return "unknown identity"
-    if claims.get("upn") or claims.get("idtyp") == "user":
-        return (f"user {claims.get('upn') or claims.get('unique_name') or claims.get('oid')} "
-                "(a user's rights are not the app's: run it with --app)")
-    return f"app {claims.get('appid') or claims.get('azp') or claims.get('oid')}"
 
 
 def ru_tier(licences: int) -> int:
@@ -607,13 +726,23 @@ def recommendations(settings: Settings, report: dict[str, Any], failed: list[Che
     survey = report["survey"]
     sizes, seen = survey.get("thumbnail_px") or {}, survey.get("thumbnail_px_seen") or {}
     large = sizes.get("L")
-    for suffix, counts in seen.items():
-        if len(counts) > 1:
-            listed = ", ".join(f"{n} at {px} px" for px, n in sorted(counts.items()))
-            said.append(f"Existing {suffix} thumbnails differ in size ({listed}): set "
-                        f"THUMBNAIL_SIZES to the sizes people should see (docs/settings.md).")
+    geos = report.get("geos") or []
+    # Multi-Geo: sizes are compared within each geo (the sync learns L per My Site host)
+    for where, geo_seen in [(f"In geo {g['key']}, existing", g.get("thumbnail_px_seen") or {})
+                            for g in geos] or [("Existing", seen)]:
+        for suffix, counts in geo_seen.items():
+            if len(counts) > 1:
+                listed = ", ".join(f"{n} at {px} px" for px, n in sorted(counts.items()))
+                said.append(f"{where} {suffix} thumbnails differ in size ({listed}): set "
+                            "THUMBNAIL_SIZES to the sizes people should see (docs/settings.md).")
     configured_large = settings.thumbnail_sizes[2]
-    if large and settings.thumbnail_sizes_configured and large != configured_large:
+    geo_large = {g["key"]: g["thumbnail_px"]["L"] for g in geos
+                 if (g.get("thumbnail_px") or {}).get("L")}
+    if len(set(geo_large.values())) > 1 and not settings.thumbnail_sizes_configured:
+        listed = ", ".join(f"{key} {px} px" for key, px in geo_large.items())
+        said.append(f"L thumbnails will be written at each geo's own size ({listed}), learnt "
+                    "by the sync per My Site host (THUMBNAIL_SIZES overrides).")
+    elif large and settings.thumbnail_sizes_configured and large != configured_large:
         said.append(f"THUMBNAIL_SIZES writes L at {configured_large} px but this tenant's L "
                     f"thumbnails are {large} px: set THUMBNAIL_SIZES="
                     f"{settings.thumbnail_sizes[0]},{settings.thumbnail_sizes[1]},{large} or "
@@ -700,6 +829,20 @@ def render(report: dict[str, Any], width: int = WIDTH, header: bool = True) -> s
         say(f"disabled users (whole directory): {survey['disabled']}; without a Microsoft 365 "
             f"photo: {survey['without_photo']}", "  ")
     say(f"profile writes: {survey.get('profile_writes', 'untested')}", "  ")
+    for geo in report.get("geos") or []:  # Multi-Geo: each geo's users, as surveyed there
+        say("")
+        say(f"Geo {geo['key']}{' (default)' if geo['default'] else ''}: {geo['mysite']}")
+        say(f"{geo['sampled']} sampled users", "  ")
+        if geo["sampled"]:
+            urls, px = geo["picture_url"], geo["thumbnail_px"]
+            say(f"PictureURL: {urls['object_id']} object id, {urls['upn']} UPN form, "
+                f"{urls['other']} elsewhere, {urls['placeholder']} placeholder", "  ")
+            say("thumbnails: " + ", ".join(f"{s} {px[s]} px" if px[s] else f"{s} none read"
+                                           for s in "SML"), "  ")
+            say("predicted: " + ", ".join(f"{n} {o}" for o, n in geo["predicted"].items()),
+                "  ")
+        if geo.get("photos_folder"):
+            say(f"photos folder: {geo['photos_folder']}", "  ")
     say("")
     say("Predicted outcomes (the sync's own decisions, dry run)")
     predicted = ", ".join(f"{n} {o}" for o, n in report["predicted"].items() if n) or "none"

@@ -13,11 +13,11 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from azure.core.exceptions import AzureError, ResourceExistsError
+from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
 from azure.storage.queue.aio import QueueClient
 
-from .credentials import storage_credential
+from .credentials import close_credential, storage_credential
 from .inputs import (
     MAX_QUEUE_MESSAGE_BYTES,
     MAX_USER_KEY_LENGTH,
@@ -75,6 +75,18 @@ async def _aiter(items: Iterable[SyncRequest]) -> AsyncIterator[SyncRequest]:
         yield item
 
 
+class _CredentialOwningQueueClient(QueueClient):
+    """A QueueClient that closes the identity credential made for it when it closes."""
+
+    async def close(self) -> None:
+        await super().close()
+        await close_credential(self.credential)
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await super().__aexit__(*exc)
+        await close_credential(self.credential)
+
+
 def queue_client(storage: StorageSettings, queue_name: str, *, interactive: bool = False
                  ) -> QueueClient:
     """An async QueueClient that writes and reads base64 like the Functions host does.
@@ -93,8 +105,8 @@ def queue_client(storage: StorageSettings, queue_name: str, *, interactive: bool
     if storage.connection_string:
         return QueueClient.from_connection_string(storage.connection_string, queue_name, **policies)
     assert storage.queue_service_uri
-    return QueueClient(storage.queue_service_uri, queue_name,
-                       credential=storage_credential(storage), **policies)
+    return _CredentialOwningQueueClient(storage.queue_service_uri, queue_name,
+                                        credential=storage_credential(storage), **policies)
 
 
 async def create_queue_if_missing(client: QueueClient) -> None:
@@ -195,6 +207,15 @@ class SyncQueue:
         await self._client.send_message(request.to_json(),
                                         visibility_timeout=min(MAX_VISIBILITY_DELAY,
                                                                max(0, math.ceil(delay))))
+
+    async def waiting(self, beyond: int = 0) -> bool:
+        """Are more than `beyond` sync messages waiting (or being handled)? The queue's
+        approximate count, one request; a queue that does not exist yet holds none."""
+        try:
+            properties = await self._client.get_queue_properties()
+        except ResourceNotFoundError:
+            return False
+        return (properties.approximate_message_count or 0) > beyond
 
     async def close(self) -> None:
         await self._client.close()

@@ -17,7 +17,12 @@ DEFAULT_GRAPH_BASE_URL = "https://graph.microsoft.com/v1.0"
 PHOTOS_LIBRARY = "User Photos"  # the library's URL; the folder inside it follows the My Site language
 THUMBNAIL_NAMINGS = ("object-id", "upn")
 DEFAULT_THUMBNAIL_SIZES = (48, 72, 200)
-DEFAULT_RECONCILE_SCHEDULE = "0 0 */6 * * *"
+# Reconciliation (docs/settings.md): the timer ticks every minute (function_app.py) and starts a
+# pass when RECONCILE_INTERVAL minutes have passed since the previous pass started; between passes
+# the hot set is checked every RECONCILE_HOT_INTERVAL minutes.
+DEFAULT_RECONCILE_INTERVAL_MINUTES = 15
+DEFAULT_RECONCILE_HOT_INTERVAL_MINUTES = 2
+DEFAULT_RECONCILE_HOT_PERCENT = 5
 # SharePoint Online's per-app budget for the smallest tenants (0-1,000 licences); 2,500 / 3,750 /
 # 5,000 / 6,250 above (SharePoint/sp-dev-docs, how-to-avoid-getting-throttled-or-blocked-...).
 DEFAULT_SHAREPOINT_RU_PER_MINUTE = 1250
@@ -78,7 +83,10 @@ class Settings:
     client_state: str | None = field(default=None, repr=False)
     notification_url: str | None = None
     lifecycle_notification_url: str | None = None
-    reconcile_schedule: str = DEFAULT_RECONCILE_SCHEDULE
+    reconcile_interval_minutes: int = DEFAULT_RECONCILE_INTERVAL_MINUTES  # 0: no timer passes
+    reconcile_hot_interval_minutes: int = DEFAULT_RECONCILE_HOT_INTERVAL_MINUTES  # 0: no hot checks
+    reconcile_hot_percent: int = DEFAULT_RECONCILE_HOT_PERCENT  # of the users in scope
+    deprecations: tuple[str, ...] = ()  # settings still read but on their way out (logged)
     include_guests: bool = True
     enabled_only: bool = True
     include_groups: tuple[str, ...] = ()
@@ -199,7 +207,12 @@ class Settings:
             client_state=client_state,
             notification_url=notification_url,
             lifecycle_notification_url=lifecycle_url,
-            reconcile_schedule=reader.text("RECONCILE_SCHEDULE", DEFAULT_RECONCILE_SCHEDULE),
+            reconcile_interval_minutes=_reconcile_interval(reader),
+            reconcile_hot_interval_minutes=reader.minutes("RECONCILE_HOT_INTERVAL",
+                                                          DEFAULT_RECONCILE_HOT_INTERVAL_MINUTES),
+            reconcile_hot_percent=reader.percent("RECONCILE_HOT_PERCENT",
+                                                 DEFAULT_RECONCILE_HOT_PERCENT),
+            deprecations=tuple(reader.deprecations),
             include_guests=reader.flag("SYNC_INCLUDE_GUESTS", True),
             enabled_only=reader.flag("SYNC_ENABLED_ONLY", True),
             include_groups=reader.id_list("SYNC_INCLUDE_GROUPS"),
@@ -235,6 +248,7 @@ class _Reader:
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = env
         self.problems: list[str] = []
+        self.deprecations: list[str] = []
         self.named: set[str] = set()
 
     def problem(self, name: str, message: str) -> None:
@@ -297,6 +311,26 @@ class _Reader:
             return default
         return int(raw)
 
+    def minutes(self, name: str, default: int) -> int:
+        """A whole number of minutes, 0 (off) to one week."""
+        raw = (self.env.get(name) or "").strip()
+        if not raw:
+            return default
+        if not raw.isdigit() or int(raw) > MAX_INTERVAL_MINUTES:
+            self.problem(name, f"{raw!r} is not a whole number of minutes between 0 (off) and "
+                         f"{MAX_INTERVAL_MINUTES}, e.g. 15")
+            return default
+        return int(raw)
+
+    def percent(self, name: str, default: int) -> int:
+        raw = (self.env.get(name) or "").strip()
+        if not raw:
+            return default
+        if not raw.isdigit() or int(raw) > 100:
+            self.problem(name, f"{raw!r} is not a whole percentage between 0 and 100, e.g. 5")
+            return default
+        return int(raw)
+
     def flag(self, name: str, default: bool) -> bool:
         raw = (self.env.get(name) or "").strip().lower()
         if not raw:
@@ -315,6 +349,44 @@ class _Reader:
         if bad:
             self.problem(name, f"holds values that are not group object ids: {', '.join(bad)}")
         return ids
+
+
+MAX_INTERVAL_MINUTES = 7 * 24 * 60
+
+
+def _reconcile_interval(reader: _Reader) -> int:
+    """RECONCILE_INTERVAL in minutes; for one release, the deprecated RECONCILE_SCHEDULE when only
+    it is set and it is a plain every-N-minutes/hours NCRONTAB (`0 */N * * * *`, `0 0 */N * * *`)
+    -- anything else falls back to the default, and either way the start-up log says so."""
+    schedule = (reader.env.get("RECONCILE_SCHEDULE") or "").strip()
+    if (reader.env.get("RECONCILE_INTERVAL") or "").strip() or not schedule:
+        if schedule:
+            reader.deprecations.append("RECONCILE_SCHEDULE is deprecated and ignored: "
+                                       "RECONCILE_INTERVAL is set")
+        return reader.minutes("RECONCILE_INTERVAL", DEFAULT_RECONCILE_INTERVAL_MINUTES)
+    minutes = _every_n_minutes(schedule)
+    if minutes is None:
+        reader.deprecations.append(
+            f"RECONCILE_SCHEDULE is deprecated and {schedule!r} is not an every-N-minutes or "
+            f"-hours schedule: reconciling every {DEFAULT_RECONCILE_INTERVAL_MINUTES} minutes; "
+            "set RECONCILE_INTERVAL (minutes) instead")
+        return DEFAULT_RECONCILE_INTERVAL_MINUTES
+    reader.deprecations.append(f"RECONCILE_SCHEDULE is deprecated: read as RECONCILE_INTERVAL="
+                               f"{minutes}; set RECONCILE_INTERVAL (minutes) instead")
+    return minutes
+
+
+def _every_n_minutes(schedule: str) -> int | None:
+    fields = schedule.split()
+    if len(fields) != 6 or fields[0] != "0" or fields[3:] != ["*", "*", "*"]:
+        return None
+    minute, hour = fields[1], fields[2]
+    step = re.fullmatch(r"\*/([1-9][0-9]*)", minute if hour == "*" else hour)
+    if hour == "*" and step:
+        return int(step.group(1))
+    if minute.isdigit() and step:
+        return 60 * int(step.group(1))
+    return None
 
 
 def _read_storage(reader: _Reader) -> StorageSettings:

@@ -12,7 +12,7 @@ Retry-After on 429/503 is honoured by Kiota's RetryHandler, the same middleware 
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from urllib.parse import quote, unquote, urlsplit
@@ -137,18 +137,24 @@ def odata_literal(value: str) -> str:
 
 
 class BearerAuth(httpx.Auth):
-    """Adds a token for the request's host; on 401 fetches a fresh one and retries once."""
+    """Adds a token for the request's host; on 401 fetches a fresh one and retries once.
+
+    Only the async flow: the client is an AsyncClient on the worker's one event loop, and a token
+    fetch (a process for the Azure CLI, an HTTP call for managed identity) runs in a thread."""
 
     def __init__(self, credential: CachingCredential) -> None:
         self._credential = credential
 
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+    async def async_auth_flow(self, request: httpx.Request
+                              ) -> AsyncGenerator[httpx.Request, httpx.Response]:
         scope = scope_for(str(request.url))
-        request.headers["Authorization"] = "Bearer " + self._credential.get_token(scope).token
+        token = await self._credential.get_token_async(scope)
+        request.headers["Authorization"] = "Bearer " + token.token
         response = yield request
         if response.status_code == 401:
             self._credential.invalidate(scope)
-            request.headers["Authorization"] = "Bearer " + self._credential.get_token(scope).token
+            token = await self._credential.get_token_async(scope)
+            request.headers["Authorization"] = "Bearer " + token.token
             yield request
 
 

@@ -19,7 +19,7 @@ from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient
 
 from . import counters
-from .credentials import storage_credential
+from .credentials import close_credential, storage_credential
 from .queue import is_object_id
 from .settings import Settings, StorageSettings
 
@@ -89,6 +89,20 @@ class ReconcileCursor:
     scanned: int = 0
     queued: int = 0
     last_completed_at: datetime | None = None
+    # kept across passes (a saved None leaves the stored value alone)
+    hot_checked_at: datetime | None = None  # the last check of the hot set (shared/reconcile.py)
+    hot_users: int | None = None            # the hot set's size after that check or pass
+    scope_users: int | None = None          # users in scope at the last complete pass
+
+
+@dataclass(frozen=True)
+class HotUser:
+    """A user reconciliation checks more often: created recently (`kind` "created") or whose photo
+    photo-sync saw change recently ("photo"), since `at` (epoch seconds)."""
+
+    user_id: str
+    kind: str
+    at: int
 
 
 @dataclass
@@ -145,6 +159,13 @@ class SeenIndex:
             return
         self._seen[key] = _etag_key(seen_etag) << 1 | uploaded
 
+    def knows(self, user_id: str) -> bool:
+        """Has photo-sync handled this user before (so a differing etag is a photo change)?"""
+        try:
+            return uuid.UUID(user_id).int in self._seen
+        except ValueError:
+            return False
+
     def needs_sync(self, user_id: str, etag: str | None) -> bool:
         """Is this user's photo new, changed or removed since photo-sync last handled it?"""
         packed = self._seen.get(uuid.UUID(user_id).int)
@@ -158,6 +179,14 @@ class SeenIndex:
         return len(self._seen)
 
 
+HOT_PER_ROW = 600  # 600 entries of 47 characters: under Table Storage's 32K-character strings
+_HOT_KINDS = {"c": "created", "p": "photo"}
+
+
+def _optional_int(value: object) -> int | None:
+    return int(value) if isinstance(value, (int, float)) else None
+
+
 def _etag_key(etag: str) -> int:
     """A stable 63-bit digest of an etag (Python's own str hash differs between processes)."""
     if not etag:
@@ -165,13 +194,29 @@ def _etag_key(etag: str) -> int:
     return int.from_bytes(hashlib.blake2b(etag.encode(), digest_size=8).digest(), "big") >> 1
 
 
+class _CredentialOwningTableClient(TableClient):
+    """A TableClient that closes the identity credential made for it when it closes."""
+
+    def __init__(self, endpoint: str, table_name: str, *, credential: Any, **kwargs: Any) -> None:
+        super().__init__(endpoint, table_name, credential=credential, **kwargs)
+        self._owned_credential = credential
+
+    async def close(self) -> None:
+        await super().close()
+        await close_credential(self._owned_credential)
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await super().__aexit__(*exc)
+        await close_credential(self._owned_credential)
+
+
 def table_client(storage: StorageSettings, table_name: str) -> TableClient:
     if storage.connection_string:
         return TableClient.from_connection_string(storage.connection_string, table_name,
                                                   **_TABLE_RETRY)
     assert storage.table_service_uri
-    return TableClient(storage.table_service_uri, table_name,
-                       credential=storage_credential(storage), **_TABLE_RETRY)
+    return _CredentialOwningTableClient(storage.table_service_uri, table_name,
+                                        credential=storage_credential(storage), **_TABLE_RETRY)
 
 
 class StateStore:
@@ -370,17 +415,55 @@ class StateStore:
                                started_at=entity.get("started_at"),
                                scanned=int(entity.get("scanned", 0)),
                                queued=int(entity.get("queued", 0)),
-                               last_completed_at=entity.get("last_completed_at"))
+                               last_completed_at=entity.get("last_completed_at"),
+                               hot_checked_at=entity.get("hot_checked_at"),
+                               hot_users=_optional_int(entity.get("hot_users")),
+                               scope_users=_optional_int(entity.get("scope_users")))
 
     async def save_cursor(self, cursor: ReconcileCursor) -> None:
         await self._ensure_table()
         entity: dict[str, Any] = {"PartitionKey": CONTROL_PARTITION, "RowKey": "reconcile",
                                   "next_link": cursor.next_link, "scanned": cursor.scanned,
                                   "queued": cursor.queued}
-        for name in ("started_at", "last_completed_at"):
+        for name in ("started_at", "last_completed_at", "hot_checked_at", "hot_users",
+                     "scope_users"):
             if getattr(cursor, name) is not None:
                 entity[name] = getattr(cursor, name)
         await self._client.upsert_entity(entity, mode=UpdateMode.MERGE)
+
+    async def save_hot_check(self, checked_at: datetime, hot_users: int) -> None:
+        """Note a hot-set check without touching the pass's cursor."""
+        await self._ensure_table()
+        await self._client.upsert_entity({"PartitionKey": CONTROL_PARTITION, "RowKey": "reconcile",
+                                          "hot_checked_at": checked_at, "hot_users": hot_users},
+                                         mode=UpdateMode.MERGE)
+
+    # The hot set: a few control rows of `<id><kind letter><epoch seconds>` entries, HOT_PER_ROW
+    # per row (a string property holds at most 32K characters), read with one range query.
+
+    async def get_hot(self) -> list[HotUser]:
+        users: list[HotUser] = []
+        async for entity in self._rows(f"PartitionKey eq '{CONTROL_PARTITION}' and "
+                                       "RowKey ge 'hot-' and RowKey lt 'hot.'"):
+            for entry in (entity.get("entries") or "").split(","):
+                if len(entry) > 37 and entry[36] in _HOT_KINDS and entry[37:].isdigit():
+                    users.append(HotUser(entry[:36], _HOT_KINDS[entry[36]], int(entry[37:])))
+        return users
+
+    async def save_hot(self, users: list[HotUser]) -> None:
+        """Replace the hot set (most recent first, as given)."""
+        await self._ensure_table()
+        letters = {kind: letter for letter, kind in _HOT_KINDS.items()}
+        rows = [users[i:i + HOT_PER_ROW] for i in range(0, len(users), HOT_PER_ROW)]
+        for index, chunk in enumerate(rows):
+            entries = ",".join(f"{u.user_id}{letters[u.kind]}{u.at}" for u in chunk)
+            await self._client.upsert_entity({"PartitionKey": CONTROL_PARTITION,
+                                              "RowKey": f"hot-{index:04d}", "entries": entries},
+                                             mode=UpdateMode.REPLACE)
+        async for entity in self._rows(f"PartitionKey eq '{CONTROL_PARTITION}' and "
+                                       f"RowKey gt 'hot-{len(rows) - 1:04d}' and RowKey lt 'hot.'",
+                                       select=["RowKey"]):
+            await self._client.delete_entity(CONTROL_PARTITION, entity["RowKey"])
 
     async def get_profile_writes(self) -> ProfileWritesRecord:
         """The tenant's recorded profile-write answer (`untested` when none is recorded)."""

@@ -35,7 +35,7 @@ from .state import StateStore, UserState, utc_now
 from .thumbnails import (
     ImageRejected,
     Thumbnails,
-    make_thumbnails,
+    make_thumbnails_off_loop,
     picture_px,
     placeholder_thumbnails,
 )
@@ -248,7 +248,7 @@ async def _sync(context: SyncContext, user: DirectoryUser, state: UserState, for
 
     sizes = thumbnail_sizes(context)
     try:
-        thumbnails = _thumbnails(context, data, sizes)
+        thumbnails = await _thumbnails(context, data, sizes)
     except ImageRejected as rejected:
         state.seen_etag = etag  # this photo will never work: do not download it again
         return result(Outcome.FAILED, f"photo refused: {rejected}", rejected.code)
@@ -266,7 +266,8 @@ async def _sync(context: SyncContext, user: DirectoryUser, state: UserState, for
     except PhotosFolderUnknown as unknown:  # no retry fixes this: a setting or SharePoint must
         return result(Outcome.FAILED, str(unknown), reasons.PHOTOS_FOLDER_NOT_FOUND)
     if linked and await learn_large_px(context, linked) and thumbnail_sizes(context) != sizes:
-        thumbnails = _thumbnails(context, data, thumbnail_sizes(context))  # the tenant's L size
+        # the tenant's L size
+        thumbnails = await _thumbnails(context, data, thumbnail_sizes(context))
     stem = linked or new_stem(context.settings.thumbnail_naming, user.id, user.upn)
     same_picture = thumbnails.digest == state.uploaded_hash and stem == state.picture_stem
     if linked and same_picture and not force:
@@ -407,6 +408,7 @@ async def learn_large_px(context: SyncContext, stem: str) -> bool:
     return bool(size)
 
 
-def _thumbnails(context: SyncContext, data: bytes, sizes: tuple[int, int, int]) -> Thumbnails:
-    return make_thumbnails(data, sizes, max_bytes=context.settings.max_photo_bytes,
-                           max_pixels=context.settings.max_photo_pixels)
+async def _thumbnails(context: SyncContext, data: bytes, sizes: tuple[int, int, int]
+                      ) -> Thumbnails:
+    return await make_thumbnails_off_loop(data, sizes, max_bytes=context.settings.max_photo_bytes,
+                                          max_pixels=context.settings.max_photo_pixels)

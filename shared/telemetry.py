@@ -18,6 +18,7 @@ import functools
 import json
 import logging
 import re
+import ssl
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -88,12 +89,19 @@ def counting() -> Iterator[RequestCounts]:
         _active.reset(token)
 
 
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """The process's one TLS client context. Building one loads the CA bundle (tens of ms of CPU):
+    per client, that stalled the event loop each time an invocation opened its clients."""
+    return httpx.create_ssl_context()
+
+
 class CountingTransport(httpx.AsyncHTTPTransport):
     """The innermost transport of a Graph or SharePoint client: below Kiota's retry handler, so
     every attempt on the wire is counted once, and every 429/503 answer is seen."""
 
     def __init__(self, service: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        super().__init__(verify=tls_context(), **kwargs)
         self.service = service
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:

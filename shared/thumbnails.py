@@ -6,9 +6,12 @@ people card of the tenant is refused here, before any SharePoint call.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import io
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from PIL import Image, ImageChops, ImageDraw, ImageOps, ImageStat, UnidentifiedImageError
@@ -17,6 +20,11 @@ from . import reasons
 from .reasons import ReasonCode
 
 JPEG_QUALITY = 90
+# Pillow's decode/resize/encode take tens of ms of CPU per photo: off the event loop, in a pool
+# this small so that a queue instance's batch of syncs never holds more than this many decoded
+# photos (up to MAX_PHOTO_PIXELS each) in memory at once. Pillow releases the GIL while it works.
+THUMBNAIL_THREADS = 2
+_pool = ThreadPoolExecutor(max_workers=THUMBNAIL_THREADS, thread_name_prefix="thumbnails")
 
 
 class ImageRejected(ValueError):
@@ -47,6 +55,14 @@ class Thumbnails:
             sha.update(len(part).to_bytes(8, "big"))
             sha.update(part)
         return sha.hexdigest()
+
+
+async def make_thumbnails_off_loop(data: bytes, sizes: tuple[int, int, int], *, max_bytes: int,
+                                   max_pixels: int) -> Thumbnails:
+    """`make_thumbnails` in the thumbnail threads, so the event loop serves other invocations."""
+    work = functools.partial(make_thumbnails, data, sizes, max_bytes=max_bytes,
+                             max_pixels=max_pixels)
+    return await asyncio.get_running_loop().run_in_executor(_pool, work)
 
 
 def make_thumbnails(data: bytes, sizes: tuple[int, int, int] = (48, 72, 200), *,

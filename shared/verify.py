@@ -61,7 +61,6 @@ SAME_PICTURE_TOLERANCE = 8.0
 # Outlook serves one photo download at a time per slot, about half a second each).
 SHAREPOINT_REQUESTS_PER_USER = 4
 PHOTO_SECONDS = 0.5
-DEFAULT_RECONCILE_INTERVAL = timedelta(hours=6)
 
 # What a 401/403 while reading each thing means: the permission that is missing.
 PERMISSIONS = {
@@ -155,23 +154,10 @@ def estimate_minutes(settings: Settings, users: int) -> float:
     return max(sharepoint, photos, people_manager)
 
 
-def reconcile_interval(settings: Settings) -> timedelta:
-    """The time between reconciliation passes, read from RECONCILE_SCHEDULE's NCRONTAB
-    (`sec min hour day month weekday`): `*/N` in the minute or hour field, or one pass a day
-    per listed hour; six hours when the schedule says nothing simpler."""
-    fields = settings.reconcile_schedule.split()
-    if len(fields) != 6:
-        return DEFAULT_RECONCILE_INTERVAL
-    minute, hour = fields[1], fields[2]
-    for text, unit in ((minute, timedelta(minutes=1)), (hour, timedelta(hours=1))):
-        step = re.fullmatch(r"(?:\*|0)/(\d+)", text)
-        if step and int(step.group(1)) > 0:
-            return unit * int(step.group(1))
-    if re.fullmatch(r"\d+(,\d+)*", hour):
-        return timedelta(hours=24) / len(hour.split(","))
-    if hour == "*":
-        return timedelta(hours=1)
-    return DEFAULT_RECONCILE_INTERVAL
+def reconcile_interval(settings: Settings) -> timedelta | None:
+    """The time between reconciliation passes (RECONCILE_INTERVAL); None when passes are off."""
+    minutes = settings.reconcile_interval_minutes
+    return timedelta(minutes=minutes) if minutes else None
 
 
 @dataclass(frozen=True)
@@ -180,13 +166,16 @@ class _Pass:
     tenant's geos, to read each profile where it lives (Multi-Geo), as the sync does."""
 
     last_completed: datetime | None
-    interval: timedelta
+    interval: timedelta | None  # None: RECONCILE_INTERVAL=0, no passes
     geos: GeoMap
 
     def keeps_up(self, now: datetime) -> bool:
         """A change photo-sync has not handled yet is `pending` while the reconciliation completes
         its passes: none completed yet (the first is under way), or the last less than two
-        intervals ago (the next pass queues the user). Else nothing will pick it up: `stale`."""
+        intervals ago (the next pass queues the user). Else nothing will pick it up: `stale`
+        (also when passes are off: only a notification would)."""
+        if self.interval is None:
+            return False
         return self.last_completed is None or now - self.last_completed < 2 * self.interval
 
 

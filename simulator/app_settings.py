@@ -26,7 +26,7 @@ def local_app_settings(azurite: Azurite, sim: TenantSimulator, *, queue: str = "
         "PHOTO_SYNC_CREDENTIAL": "azure-cli",
         "AZURE_TENANT_ID": sim.tenant.tenant_id,
         "GRAPH_CLIENT_STATE": secrets.token_urlsafe(24),
-        "RECONCILE_SCHEDULE": "0 0 */6 * * *",
+        "RECONCILE_INTERVAL": "15",
         # The simulator enforces no SharePoint budget unless a test or bench turns one on
         # (simulator/budgets.py), so the app need not pace itself at a real tenant's 1,250 RU/min.
         "SHAREPOINT_RU_PER_MINUTE": "600000",

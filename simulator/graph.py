@@ -27,12 +27,13 @@ DEFAULT_PAGE, MAX_PAGE = 100, 999
 IMAGE_NOT_FOUND = "Exception of type 'Microsoft.Fast.Profile.Core.Exception.ImageNotFoundException' was thrown."
 
 # Modelled properties, then real Graph user properties we return as null/empty.
-_MODELLED = ("id", "displayName", "userPrincipalName", "mail", "userType", "accountEnabled")
+_MODELLED = ("id", "displayName", "userPrincipalName", "mail", "userType", "accountEnabled",
+             "createdDateTime")
 _NULLS: dict[str, Any] = {
     "givenName": None, "surname": None, "jobTitle": None, "department": None, "officeLocation": None,
     "mobilePhone": None, "businessPhones": [], "preferredLanguage": None, "companyName": None,
     "employeeId": None, "onPremisesSyncEnabled": None, "onPremisesImmutableId": None, "usageLocation": None,
-    "createdDateTime": None, "deletedDateTime": None, "proxyAddresses": [], "otherMails": [],
+    "deletedDateTime": None, "proxyAddresses": [], "otherMails": [],
     "externalUserState": None, "creationType": None, "city": None, "country": None, "state": None,
 }
 # Multi-Geo (SharePoint/sp-dev-docs multigeo-userprofileexperience.md): `preferredDataLocation`

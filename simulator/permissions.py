@@ -17,6 +17,13 @@ makes the routes that need it refuse, the way each service refuses:
 - The My Site host answers 403 access denied to reads of the User Photos library without a site
   grant (`Sites.Selected` + a grant, or `Sites.Read.All`/`Sites.FullControl.All`); modelled with the
   same SharePoint error envelope (simulator/sharepoint.py sp_error, UnauthorizedAccessException).
+- Multi-Geo: an application permission is tenant-wide, so a missing one refuses on every geo's host.
+  A `Sites.Selected` grant, though, is made per site collection (PnP PowerShell
+  Grant-PnPEntraIDAppSitePermission: "adds permissions for a given Entra ID application
+  registration in a site collection ... used in conjunction with ... Sites.Selected"; Graph
+  `POST /sites/{siteId}/permissions`), so each geo's My Site host has its own grant:
+  ``sim.missing_permissions.add("SharePoint Sites.Selected@EUR")`` leaves out the EUR host's grant
+  only (any permission can be named for one geo this way).
 """
 
 from __future__ import annotations
@@ -52,10 +59,13 @@ REQUIRED: dict[tuple[str, str], str] = {
 
 
 def refusal(missing: set[str], host: str, kind: str) -> Response | None:
-    """The 403 a route answers when its permission is missing; None when it may run."""
-    needed = REQUIRED.get((host, kind))
-    if not needed or needed not in missing:
+    """The 403 a route answers when its permission is missing; None when it may run. `host` is a
+    listener's name: "admin", or a satellite geo's "admin-eur"."""
+    base, _, geo = host.partition("-")
+    needed = REQUIRED.get((base, kind))
+    if not needed or (needed not in missing and f"{needed}@{geo.upper()}" not in missing):
         return None
+    host = base
     if host == "graph":
         return graph_error(403, "Authorization_RequestDenied",
                            "Insufficient privileges to complete the operation.")

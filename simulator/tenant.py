@@ -48,6 +48,10 @@ class User:
     geo: str = ""
     preferredDataLocation: str | None = None
     personal_site: bool = True
+    # When the account was created: Graph's read-only `createdDateTime`, ISO 8601 in UTC, "returned
+    # only on $select" (microsoft-graph-docs-contrib api-reference/v1.0/resources/user.md). None for
+    # users created before Graph kept it (the same page: null for some older accounts).
+    createdDateTime: str | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "User":
@@ -64,6 +68,7 @@ class User:
             photo=PhotoSpec.from_json(photo) if photo else None,
             profile_linked=bool(data.get("profileLinked", True)),
             picture_naming=_naming(data.get("pictureNaming", "object-id")),
+            createdDateTime=data.get("createdDateTime"),
             geo=str(data.get("geo") or "").upper(),
             preferredDataLocation=data.get("preferredDataLocation") or None,
             personal_site=bool(data.get("personalSite", True)),
@@ -76,6 +81,7 @@ class User:
             "mail": self.mail, "userType": self.userType, "accountEnabled": self.accountEnabled,
             "profileLinked": self.profile_linked, "pictureNaming": self.picture_naming,
             "photo": self.photo.to_json() if self.photo else None,
+            **({"createdDateTime": self.createdDateTime} if self.createdDateTime else {}),
             "geo": self.geo, "preferredDataLocation": self.preferredDataLocation,
             "personalSite": self.personal_site,
         }

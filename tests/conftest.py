@@ -3,14 +3,17 @@ and the stand-in `az` so the app takes its production credential path (AzureCliC
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from shared.handlers import reset_process_caches
+from shared.handlers import get_settings, reset_process_caches
+from shared.state import ReconcileCursor, StateStore, utc_now
 from simulator.app_settings import local_app_settings
 from simulator.azurite import Azurite, free_port
 from simulator.core import TenantSimulator
@@ -87,3 +90,13 @@ def functions_host(monkeypatch: pytest.MonkeyPatch, app_env: dict[str, str],
         yield host
     finally:
         host.stop()
+
+
+def move_back(**minutes: float) -> None:
+    """Pretend the last pass started (`started_at`) or the last hot check ran that long ago."""
+    async def go() -> None:
+        async with StateStore.from_settings(get_settings()) as state:
+            await state.save_cursor(ReconcileCursor(
+                **{name: utc_now() - timedelta(minutes=value) for name, value in minutes.items()}))
+
+    asyncio.run(go())

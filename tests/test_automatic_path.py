@@ -18,7 +18,7 @@ from simulator.core import TenantSimulator
 from simulator.functions_host import LocalFunctionsHost
 from simulator.images import PhotoSpec
 from simulator.tenant import User
-from tests.conftest import FUNCTION_KEY
+from tests.conftest import FUNCTION_KEY, move_back
 
 
 def large_thumbnail(sim: TenantSimulator, user: User) -> bytes:
@@ -96,6 +96,7 @@ def test_a_dropped_notification_is_repaired_by_the_next_reconciliation(
     functions_host.wait_idle()
     assert large_thumbnail(sim, user) == before
     sim.reset_counters()
+    move_back(started_at=15)  # RECONCILE_INTERVAL later: the next tick starts a pass
     functions_host.run_timer("reconcile")
     functions_host.wait_idle()
     assert large_thumbnail(sim, user) != before

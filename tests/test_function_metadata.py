@@ -57,10 +57,11 @@ def test_admin_commands_need_the_master_key_on_a_route_the_host_accepts() -> Non
                    for b in bindings().values())
 
 
-def test_timer_reads_its_schedule_from_settings_and_never_runs_on_startup() -> None:
+def test_timer_ticks_every_minute_and_never_runs_on_startup() -> None:
+    """The pass interval is RECONCILE_INTERVAL, read by the handler: the timer only ticks."""
     timer = trigger("reconcile")
     assert timer["type"] == "timerTrigger"
-    assert timer["schedule"] == "%RECONCILE_SCHEDULE%"
+    assert timer["schedule"] == "0 * * * * *"
     assert not timer.get("runOnStartup")
 
 
@@ -83,5 +84,5 @@ def test_host_json_queue_settings() -> None:
 
 def test_sample_settings_name_every_binding_setting() -> None:
     values = json.loads((ROOT / "local.settings.sample.json").read_text())["Values"]
-    for name in ("PHOTO_SYNC_QUEUE", "RECONCILE_SCHEDULE", "AzureWebJobsStorage"):
+    for name in ("PHOTO_SYNC_QUEUE", "RECONCILE_INTERVAL", "AzureWebJobsStorage"):
         assert values.get(name), name

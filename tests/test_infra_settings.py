@@ -32,7 +32,10 @@ NOT_SET_IN_AZURE = {
                            "replace the connection string",
     "AZURE_CLIENT_CERTIFICATE_PATH": "only for PHOTO_SYNC_CREDENTIAL=certificate; the app uses its "
                                      "managed identity",
+    "RECONCILE_SCHEDULE": "deprecated (RECONCILE_INTERVAL replaces it); read for one release so an "
+                          "existing deployment keeps its cadence until it is redeployed",
 }
+DEPRECATED = {"RECONCILE_SCHEDULE"}  # read for one release; RECONCILE_INTERVAL replaces it
 # Set in Azure for the Functions host or the platform, not read by photo-sync's own code.
 PLATFORM_PREFIXES = ("APPLICATIONINSIGHTS_", "AzureWebJobsStorage__", "PYTHON_APPLICATIONINSIGHTS_")
 # Must not be app settings on the Flex Consumption plan (or contradict identity-based storage).
@@ -274,8 +277,8 @@ def test_deployed_settings_pass_the_apps_own_validation() -> None:
             env[name] = f"ClientId={client_id};Authorization=AAD"
         elif value in ("syncQueueName", "stateTableName"):
             env[name] = bicep_var_string(MAIN_BICEP, value)
-        elif value in ("graphBaseUrl", "photosFolder", "sharepointGeos", "reconcileSchedule",
-                       "thumbnailNaming", "organisation", "profileWrites"):
+        elif value in ("graphBaseUrl", "photosFolder", "sharepointGeos", "thumbnailNaming",
+                       "organisation", "profileWrites"):
             env[name] = main_defaults[value]
         elif value == "applicationInsights.properties.ConnectionString":
             env[name] = "InstrumentationKey=00000000-0000-0000-0000-000000000000"
@@ -288,6 +291,7 @@ def test_deployed_settings_pass_the_apps_own_validation() -> None:
     assert settings.notification_url and settings.client_state
     assert settings.lifecycle_notification_url == "https://func-photosync.azurewebsites.net/api/lifecycle"
     assert settings.admin_url == "https://contoso-admin.sharepoint.com"
+    assert settings.reconcile_interval_minutes == 15 and not settings.deprecations
 
 
 # (d): binding expressions and connections
@@ -336,9 +340,11 @@ def test_every_setting_the_code_reads_is_in_the_readme_settings_table() -> None:
 
 def test_every_setting_the_code_reads_is_in_the_sample_settings() -> None:
     values = json.loads((ROOT / "local.settings.sample.json").read_text())["Values"]
-    # Identity-based storage settings are the alternative to the sample's connection string.
+    # Identity-based storage settings are the alternative to the sample's connection string; a
+    # deprecated setting is documented (docs/settings.md) but not offered in the sample.
     missing = {n for n in settings_read_by_code()
-               if n not in values and not n.startswith("AzureWebJobsStorage__")}
+               if n not in values and not n.startswith("AzureWebJobsStorage__")
+               and n not in DEPRECATED}
     assert not missing, fail_listing("read by shared/*.py but missing from local.settings.sample.json",
                                      missing)
 
@@ -366,7 +372,8 @@ def test_main_parameters_file_matches_main_bicep() -> None:
     required = {name for name, has_default in params.items() if not has_default}
     assert required <= set(given), fail_listing("required parameters missing from "
                                                 "main.parameters.json", required - set(given))
-    for name in ("sharePointMySiteUrl", "sharePointAdminUrl", "reconcileSchedule", "includeGuests",
+    for name in ("sharePointMySiteUrl", "sharePointAdminUrl", "reconcileIntervalMinutes",
+                 "includeGuests",
                  "environmentName", "location", "graphClientState"):
         assert name in params, name
 

@@ -417,6 +417,20 @@ def test_a_metric_alert_notices_when_nothing_runs_at_all() -> None:
     assert "actions: !empty(alertEmail) ? [actionGroup.outputs.resourceId] : []" in module
 
 
+def test_no_template_slices_a_cron_string_and_the_alert_window_follows_the_interval() -> None:
+    """Issue 20 §5: the reconcile-stale window is arithmetic on the numeric interval parameter."""
+    for path in BICEP_FILES:
+        text = path.read_text()
+        assert "substring(" not in text and "NCRONTAB" not in text, path
+        assert "RECONCILE_SCHEDULE:" not in text, path
+    main = MAIN_BICEP.read_text()
+    assert re.search(r"(?m)^param reconcileIntervalMinutes int = 15$", main)
+    derived = re.search(r"(?m)^var derivedReconcileAlertHours = (.+)$", main)
+    assert derived and "reconcileIntervalMinutes" in derived.group(1)
+    assert "reconcileAlertAfterHours > 0 ? reconcileAlertAfterHours : derivedReconcileAlertHours" \
+        in main
+
+
 def test_docs_list_every_alert() -> None:
     text = DEPLOY_MD.read_text()
     section = re.search(r"(?ms)^## Alerts\s*$(.*?)(?=^## )", text)

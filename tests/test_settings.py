@@ -105,6 +105,29 @@ def test_identity_based_storage_uses_the_configured_credential_kind() -> None:
         assert isinstance(storage_credential(storage), expected)
 
 
+def test_reconcile_interval_defaults_and_off_switch() -> None:
+    settings = Settings.from_env(BASE)
+    assert (settings.reconcile_interval_minutes, settings.reconcile_hot_interval_minutes,
+            settings.reconcile_hot_percent) == (15, 2, 5)
+    assert Settings.from_env({**BASE, "RECONCILE_INTERVAL": "0"}).reconcile_interval_minutes == 0
+    with pytest.raises(SettingsError) as error:
+        Settings.from_env({**BASE, "RECONCILE_INTERVAL": "15m", "RECONCILE_HOT_PERCENT": "150"})
+    assert "RECONCILE_INTERVAL '15m' is not a whole number of minutes" in str(error.value)
+    assert "RECONCILE_HOT_PERCENT" in str(error.value)
+
+
+@pytest.mark.parametrize(("schedule", "minutes"), [
+    ("0 0 */6 * * *", 360), ("0 */5 * * * *", 5), ("0 30 */2 * * *", 120),
+    ("0 0 */6,18 * * *", 15), ("0 0 2 * * *", 15)])
+def test_the_deprecated_schedule_is_still_read_and_says_so(schedule: str, minutes: int) -> None:
+    settings = Settings.from_env({**BASE, "RECONCILE_SCHEDULE": schedule})
+    assert settings.reconcile_interval_minutes == minutes
+    assert settings.deprecations and "RECONCILE_INTERVAL" in settings.deprecations[0]
+    explicit = Settings.from_env({**BASE, "RECONCILE_SCHEDULE": schedule,
+                                  "RECONCILE_INTERVAL": "7"})
+    assert explicit.reconcile_interval_minutes == 7 and "ignored" in explicit.deprecations[0]
+
+
 def test_sharepoint_geos_name_each_geo_and_derive_its_admin_host() -> None:
     settings = Settings.from_env({**BASE, "SHAREPOINT_GEOS":
                                   "eur=https://contosoeur-my.sharepoint.com, "

@@ -17,7 +17,7 @@ param resourceToken string
 param alertEmail string = ''
 @minValue(1)
 @maxValue(48)
-@description('Hours without a completed reconciliation before the alert fires (twice the schedule\'s interval).')
+@description('Hours without a completed reconciliation before the alert fires (twice RECONCILE_INTERVAL, in whole hours).')
 param reconcileAlertAfterHours int
 @minValue(1)
 param failedAlertThreshold int
@@ -26,8 +26,9 @@ param syncQueueName string
 @description('The Function App, for the metric alert that notices when nothing runs at all.')
 param functionAppName string
 
-// Metric alert windows are a fixed set (PT1M ... PT12H, P1D); the reconcile timer runs at least once
-// in reconcileAlertAfterHours / 2 hours, so either window sees one run of a healthy app.
+// Metric alert windows are a fixed set (PT1M ... PT12H, P1D); the reconcile timer ticks every minute
+// and a pass runs at least once in reconcileAlertAfterHours / 2 hours, so either window sees runs of
+// a healthy app.
 var silentWindow = reconcileAlertAfterHours <= 12 ? 'PT12H' : 'P1D'
 
 resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing = {
@@ -87,7 +88,7 @@ var rules = [
   {
     name: 'reconcile-stale'
     displayName: 'photo-sync: no completed reconciliation'
-    description: 'No reconciliation completed in the last ${reconcileAlertAfterHours} hours (twice RECONCILE_SCHEDULE\'s interval), by the latest health record; or none ever completed although the app has reported for that long. Photo changes are not being picked up: check the "timer run finished" and "reconcile finished" records. (A stopped app writes no records: the app-silent rule covers that.)'
+    description: 'No reconciliation completed in the last ${reconcileAlertAfterHours} hours (twice RECONCILE_INTERVAL, at least 2 hours), by the latest health record; or none ever completed although the app has reported for that long. Photo changes are not being picked up: check the "timer run finished" and "reconcile finished" records. (A stopped app writes no records: the app-silent rule covers that.)'
     severity: 1
     evaluationFrequency: 'PT1H'
     windowSize: 'PT1H'
@@ -177,7 +178,7 @@ module silentAlert 'br/public:avm/res/insights/metric-alert:0.4.1' = {
   name: 'alert-app-silent'
   params: {
     name: 'photosync-app-silent-${resourceToken}'
-    alertDescription: 'No function of photo-sync ran on demand in ${silentWindow == 'P1D' ? '24' : '12'} hours, not even the reconcile timer (RECONCILE_SCHEDULE). Check that the Function App is running and its last deployment succeeded.'
+    alertDescription: 'No function of photo-sync ran on demand in ${silentWindow == 'P1D' ? '24' : '12'} hours, not even the reconcile timer (it ticks every minute). Check that the Function App is running and its last deployment succeeded.'
     location: 'global'
     tags: tags
     severity: 1

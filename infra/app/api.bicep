@@ -31,7 +31,9 @@ param photosFolder string = ''
 param sharepointGeos string = ''
 @secure()
 param graphClientState string
-param reconcileSchedule string
+param reconcileIntervalMinutes int
+param reconcileHotIntervalMinutes int
+param reconcileHotPercent int
 // Strings, not bool: the app reads true/false, yes/no, on/off, 1/0 (see main.bicep).
 param includeGuests string = 'true'
 param enabledOnly string = 'true'
@@ -148,7 +150,9 @@ var appSettings = {
   GRAPH_CLIENT_STATE: graphClientState
   NOTIFICATION_URL: '${baseUrl}/api/notifications'
   LIFECYCLE_NOTIFICATION_URL: '${baseUrl}/api/lifecycle'
-  RECONCILE_SCHEDULE: reconcileSchedule
+  RECONCILE_INTERVAL: string(reconcileIntervalMinutes)
+  RECONCILE_HOT_INTERVAL: string(reconcileHotIntervalMinutes)
+  RECONCILE_HOT_PERCENT: string(reconcileHotPercent)
   SYNC_INCLUDE_GUESTS: includeGuests
   SYNC_ENABLED_ONLY: enabledOnly
   PHOTO_SYNC_PAUSED: paused
