@@ -71,7 +71,7 @@ def overwrite(sim: TenantSimulator, member: User, suffix: str, colour: str, px: 
 
 def test_every_state_from_a_tenant_arranged_for_it(sim: TenantSimulator) -> None:
     sync_everyone()
-    record_reconcile(days_ago=0.1)  # the reconciliation keeps up
+    record_reconcile(days_ago=0.005)  # the reconciliation keeps up
     sim.set_photo(upn(sim, "megan"), PhotoSpec("jpeg", 640, 640, "#118811"))  # not handled yet
     overwrite(sim, user(sim, "alex"), "M", "#000000", 72)  # handled, but SharePoint differs
     sim.delete_file(f"{sim.folder_path}/{user(sim, 'lee').id}_LThumb.jpg")
@@ -97,7 +97,7 @@ def test_an_unhandled_change_is_stale_once_the_reconciliation_stopped_keeping_up
         sim: TenantSimulator) -> None:
     sync_everyone()
     sim.set_photo(upn(sim, "megan"), PhotoSpec("jpeg", 640, 640, "#118811"))
-    record_reconcile(days_ago=0.1)
+    record_reconcile(days_ago=0.005)
     assert verdicts(run(users=[upn(sim, "megan")])) == {upn(sim, "megan"): "pending"}
     record_reconcile(days_ago=3)  # no pass for three days: nothing will pick the change up
     report = run(users=[upn(sim, "megan")])
@@ -108,7 +108,7 @@ def test_an_unhandled_change_is_stale_once_the_reconciliation_stopped_keeping_up
 def test_a_removed_photo_still_shown_is_stale_and_the_neutral_placeholder_is_no_photo(
         sim: TenantSimulator) -> None:
     sync_everyone()
-    record_reconcile(days_ago=0.1)
+    record_reconcile(days_ago=0.005)
     adele = upn(sim, "adele")
     sim.delete_photo(adele)
     record_reconcile(days_ago=3)
@@ -218,7 +218,7 @@ def test_the_daily_verify_feeds_status_health_and_the_two_runs_in_a_row_alert(
     from shared import handlers, operations
 
     sync_everyone()
-    record_reconcile(days_ago=0.1)
+    record_reconcile(days_ago=0.005)
     overwrite(sim, user(sim, "alex"), "M", "#000000", 72)
     caplog.set_level("INFO", logger="photo_sync.telemetry")
     first = asyncio.run(handlers.handle_verify_timer())
