@@ -94,3 +94,10 @@ async def reconcile(timer: func.TimerRequest) -> None:
     logging.getLogger("photo_sync").info("timer run finished",
                                          extra={"result": json.dumps(outcome),
                                                 "past_due": telemetry.flag(timer.past_due)})
+
+
+@app.function_name("verify")
+@app.timer_trigger(arg_name="timer", schedule="0 30 5 * * *", run_on_startup=False)
+async def verify(timer: func.TimerRequest) -> None:
+    """Daily at 05:30 UTC: verify what a sample of people see (VERIFY_SAMPLE; 0 turns it off)."""
+    await handlers.handle_verify_timer()

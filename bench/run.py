@@ -35,6 +35,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench import freshness, multigeo, preflight, scale
+from bench import verify as verify_bench
 
 ROOT = Path(__file__).resolve().parent.parent
 GOALS = {
@@ -754,6 +755,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "limits scenario (default 20)")
     parser.add_argument("--outlook-network-ms", type=float, default=2,
                         help="network latency per request in that scenario (default 2)")
+    parser.add_argument("--verify-users", type=int, default=10_000,
+                        help="tenant size of the verify scenario (0 skips it; default 10000)")
+    parser.add_argument("--verify-sample", type=int, default=200,
+                        help="users verify samples there (default 200, the daily timer's)")
+    parser.add_argument("--placeholder-users", type=int, default=1_000,
+                        help="placeholder users of the refused-profile-writes scenario (0 skips "
+                             "it; default 1000)")
     parser.add_argument("--freshness-users", type=int, default=10_000,
                         help="tenant size of the freshness scenario (0 skips it; default 10000)")
     parser.add_argument("--freshness-interval", type=int, default=15,
@@ -794,12 +802,16 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     thumbs = thumbnail_cost(args.thumbnail_runs)
     results = []
-    initial = geos = fresh = lag = None
+    initial = geos = fresh = lag = verified = refused = None
     with Azurite() as azurite:
         for n in args.size_list:
             results.append(run_size(n, azurite, args))
         if args.initial_sync_users:
             initial = scale.initial_sync(azurite, args, console)
+        if args.verify_users:
+            verified = verify_bench.verify_sample(azurite, args, console)
+        if args.placeholder_users:
+            refused = verify_bench.refused_writes(azurite, args, console)
         if args.multigeo_users:
             geos = multigeo.multigeo(azurite, args, console)
         checked = preflight.preflight_bench(azurite, args, console) \
@@ -820,7 +832,8 @@ def main(argv: list[str] | None = None) -> int:
             {"machine": info, "args": {k: v for k, v in vars(args).items()},
              "thumbnails": thumbs, "sizes": [r.__dict__ for r in results],
              "initial_sync": initial, "multi_geo": geos, "preflight": checked,
-             "freshness": fresh, "loop_lag": lag}, indent=2, default=str))
+             "freshness": fresh, "loop_lag": lag, "verify": verified,
+             "refused_writes": refused}, indent=2, default=str))
     if initial:
         print(scale.initial_sync_line(initial), flush=True)
     if geos:
@@ -845,6 +858,10 @@ def main(argv: list[str] | None = None) -> int:
                       f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores): p99 "
                       f"{lag['own_p99_ms']:.0f} ms, max {lag['own_max_ms']:.0f} ms")
         print(freshness.loop_lag_line(lag), flush=True)
+    if verified:
+        print(verify_bench.verify_line(verified), flush=True)
+    if refused:
+        print(verify_bench.refused_line(refused), flush=True)
     return 0
 
 

@@ -153,6 +153,43 @@ def cmd_drain_all(timeout: float = 1800, progress_every: float = 30) -> dict[str
     return asyncio.run(go())
 
 
+def cmd_verify(sample: int) -> dict[str, Any]:
+    """Sync the users `verify` samples (so SharePoint shows photo-sync's pictures), then run the
+    sampled verify as the daily timer does; its time and requests per user."""
+    from shared import verify
+    from shared.handlers import get_credential, get_settings
+    from shared.queue import SyncRequest
+    from shared.reconcile import users_in_scope
+    from shared.sync import open_context, sync_user
+
+    async def sync_sample() -> None:
+        async with open_context(get_settings(), get_credential()) as context:
+            drawn, _total = await verify.smallest(users_in_scope(context.settings, context.graph),
+                                                  sample)
+            gate = asyncio.Semaphore(8)
+
+            async def one(user_id: str) -> None:
+                async with gate:
+                    await sync_user(context, SyncRequest(user_id, "manual"))
+            await asyncio.gather(*(one(u.id) for u in drawn))
+
+    asyncio.run(sync_sample())
+    report = asyncio.run(verify.run_verify(get_settings(), sample=sample,
+                                           credential=get_credential()))
+    return {"users": len(report.verdicts), "seconds": report.seconds,
+            "requests_per_user": report.requests_per_user(), "counts": report.counts,
+            "graph_requests": report.graph_requests,
+            "sharepoint_requests": report.sharepoint_requests}
+
+
+def cmd_outcomes() -> dict[str, int]:
+    """Users per outcome, as status reports them."""
+    from shared.handlers import get_settings
+    from shared.operations import outcome_counts
+
+    return asyncio.run(outcome_counts(get_settings())).outcomes
+
+
 # The freshness scenario (bench/freshness.py): one long-lived event loop, as a Functions worker has,
 # and a simulated wall clock for the app (the waits between timer ticks are skipped; the work is
 # real and its real duration moves the clock on).
@@ -240,7 +277,8 @@ def cmd_baseline(sample: int, roots: dict[str, str], photos_folder: str,
 
 COMMANDS = {"warmup": cmd_warmup, "reconcile": cmd_reconcile, "drain": cmd_drain,
             "drain_all": cmd_drain_all, "baseline": cmd_baseline, "set_clock": cmd_set_clock,
-            "tick": cmd_tick, "drain_timed": cmd_drain_timed, "loop_lag": cmd_loop_lag}
+            "tick": cmd_tick, "drain_timed": cmd_drain_timed, "loop_lag": cmd_loop_lag,
+            "verify": cmd_verify, "outcomes": cmd_outcomes}
 
 
 def close_worker_loop() -> None:

@@ -199,6 +199,23 @@ param sharePointRuPerMinute int = 1250
 @description('Graph photo requests in flight for the whole app (GRAPH_PHOTO_CONCURRENCY); Outlook allows 4 per app.')
 param graphPhotoConcurrency int = 4
 
+@minValue(0)
+@maxValue(5000)
+@description('Users the daily verify checks, a deterministic sample (VERIFY_SAMPLE). 0: no daily verify.')
+param verifySample int = 200
+
+@allowed([
+  'auto'
+  'off'
+])
+@description('Whether the app tries app-only profile writes (PROFILE_WRITES): auto learns the tenant\'s answer once; off never tries (docs/permissions.md).')
+param profileWrites string = 'auto'
+
+@minValue(1)
+@maxValue(720)
+@description('Hours between two profile-write probes while SharePoint refuses them (PROFILE_WRITE_PROBE_HOURS).')
+param profileWriteProbeHours int = 24
+
 // Graph validates the webhook within 10 s when the subscription is created; on Flex Consumption the
 // HTTP functions scale in their own group ("http"), separately from the timer that creates the
 // subscription, so a cold HTTP group may miss the handshake. One always-ready instance keeps it warm
@@ -388,6 +405,9 @@ module api './app/api.bicep' = {
     httpAlwaysReady: httpAlwaysReady
     sharePointRuPerMinute: sharePointRuPerMinute
     graphPhotoConcurrency: graphPhotoConcurrency
+    verifySample: verifySample
+    profileWrites: profileWrites
+    profileWriteProbeHours: profileWriteProbeHours
     syncQueueName: syncQueueName
     stateTableName: stateTableName
     graphBaseUrl: graphBaseUrl

@@ -12,7 +12,8 @@ GRAPH_URL="${GRAPH_URL:-https://graph.microsoft.com}"
 usage() {
     cat <<USAGE
 Usage: $(basename "$0") [--principal-id ID] [--mysite-url URL] [--geos GEOS]
-       [--full-control | --skip-site-grant] [--groups] [--dry-run]
+       [--full-control | --skip-site-grant] [--groups] [--profile-writes | --revoke-profile-writes]
+       [--dry-run]
 
 Grants the managed identity's service principal:
   Microsoft Graph  User.Read.All          list and read users; change notifications on users
@@ -21,6 +22,9 @@ Grants the managed identity's service principal:
   SharePoint       Sites.Selected         + a 'write' grant on the My Site host site (default), or
   SharePoint       Sites.FullControl.All  with --full-control (no per-site grant needed)
   Microsoft Graph  GroupMember.Read.All   only with --groups (SYNC_INCLUDE_GROUPS/SYNC_EXCLUDE_GROUPS)
+  SharePoint       Sites.FullControl.All  with --profile-writes: the set PnP PowerShell documents
+  SharePoint       User.ReadWrite.All     for app-only profile property writes (link new people's
+  SharePoint       TermStore.ReadWrite.All  profiles to their photo); not every tenant honours it
 
 Options:
   --principal-id ID  object id of the identity's service principal
@@ -35,6 +39,13 @@ Options:
   --skip-site-grant  do not look at the My Site host's site grant: a SharePoint administrator made
                      it by hand (the fallback below); the app roles are still checked and granted
   --groups           also grant Microsoft Graph GroupMember.Read.All
+  --profile-writes   also grant the SharePoint profile-write set above (includes
+                     Sites.FullControl.All, so no Sites.Selected site grant is made); combinable with
+                     --full-control. docs/permissions.md says what they allow and what works without
+  --revoke-profile-writes
+                     remove User.ReadWrite.All and TermStore.ReadWrite.All, and Sites.FullControl.All
+                     unless --full-control is given (then Sites.Selected + the site grant are made, so
+                     the app keeps writing thumbnails)
   --dry-run          show what would be granted, change nothing
   -h, --help         this text
 
@@ -55,6 +66,8 @@ geos=""
 full_control=false
 skip_site_grant=false
 groups=false
+profile_writes=false
+revoke_profile_writes=false
 dry_run=false
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -64,6 +77,8 @@ while [ $# -gt 0 ]; do
         --full-control) full_control=true; shift ;;
         --skip-site-grant) skip_site_grant=true; shift ;;
         --groups) groups=true; shift ;;
+        --profile-writes) profile_writes=true; shift ;;
+        --revoke-profile-writes) revoke_profile_writes=true; shift ;;
         --dry-run) dry_run=true; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
@@ -92,6 +107,16 @@ if $full_control && $skip_site_grant; then
     echo "--full-control needs no site grant; --skip-site-grant is for Sites.Selected" >&2
     exit 2
 fi
+if $profile_writes && $revoke_profile_writes; then
+    echo "--profile-writes and --revoke-profile-writes contradict each other" >&2
+    exit 2
+fi
+if $profile_writes && $skip_site_grant; then
+    echo "--profile-writes grants Sites.FullControl.All, which needs no site grant; drop --skip-site-grant" >&2
+    exit 2
+fi
+# Sites.FullControl.All (from either option) covers the photos library: no Sites.Selected grant.
+$profile_writes && full_control=true
 if ! $full_control && ! $skip_site_grant && [ -z "$mysite_url" ]; then
     echo "No My Site URL: pass --mysite-url https://contoso-my.sharepoint.com (or use --full-control)" >&2
     exit 2
@@ -133,6 +158,7 @@ say "Identity: $sp_name (service principal $principal_id, client id $sp_app_id)"
 
 granted=0
 skipped=0
+revoked=0
 
 grant_app_role() {
     # grant_app_role RESOURCE_APP_ID ROLE_VALUE LABEL
@@ -161,6 +187,28 @@ grant_app_role() {
         --output none
     say "  + $label $role: granted"
     granted=$((granted + 1))
+}
+
+revoke_app_role() {
+    # revoke_app_role RESOURCE_APP_ID ROLE_VALUE LABEL: remove the assignment if there is one
+    local resource_app_id="$1" role="$2" label="$3" resource_id role_id assignment_id
+    resource_id="$(graph get "/servicePrincipals(appId='$resource_app_id')?\$select=id" --query id -o tsv)"
+    role_id="$(graph get "/servicePrincipals(appId='$resource_app_id')?\$select=appRoles" \
+        --query "appRoles[?value=='$role' && contains(allowedMemberTypes, 'Application')].id | [0]" -o tsv)"
+    assignment_id="$(graph get "/servicePrincipals/$principal_id/appRoleAssignments" \
+        --query "value[?resourceId=='$resource_id' && appRoleId=='$role_id'].id | [0]" -o tsv)"
+    if [ -z "$assignment_id" ] || [ "$assignment_id" = "None" ]; then
+        say "  = $label $role: not granted"
+        skipped=$((skipped + 1))
+        return
+    fi
+    if $dry_run; then
+        say "  - $label $role: would revoke (assignment $assignment_id)"
+        return
+    fi
+    graph delete "/servicePrincipals/$principal_id/appRoleAssignments/$assignment_id" --output none
+    say "  - $label $role: revoked"
+    revoked=$((revoked + 1))
 }
 
 manual_site_grant() {
@@ -240,6 +288,17 @@ if $groups; then
 fi
 say "SharePoint:"
 grant_app_role "$SHAREPOINT_APP_ID" "User.Read.All" "SharePoint"
+if $profile_writes; then
+    grant_app_role "$SHAREPOINT_APP_ID" "User.ReadWrite.All" "SharePoint"
+    grant_app_role "$SHAREPOINT_APP_ID" "TermStore.ReadWrite.All" "SharePoint"
+fi
+if $revoke_profile_writes; then
+    revoke_app_role "$SHAREPOINT_APP_ID" "User.ReadWrite.All" "SharePoint"
+    revoke_app_role "$SHAREPOINT_APP_ID" "TermStore.ReadWrite.All" "SharePoint"
+    if ! $full_control; then
+        revoke_app_role "$SHAREPOINT_APP_ID" "Sites.FullControl.All" "SharePoint"
+    fi
+fi
 if $full_control; then
     grant_app_role "$SHAREPOINT_APP_ID" "Sites.FullControl.All" "SharePoint"
 else
@@ -256,9 +315,14 @@ fi
 if $dry_run; then
     say "Dry run: nothing changed ($skipped already in place)."
 else
-    say "Done: $granted granted, $skipped already in place."
+    say "Done: $granted granted, $revoked revoked, $skipped already as asked."
     if [ "$granted" -gt 0 ]; then
         say "New application permissions reach the identity's tokens within minutes to hours (tokens"
         say "are cached up to 24 h); restart the Function App after a while if calls still answer 403."
+    fi
+    if $profile_writes; then
+        say "photo-sync notices the grant by itself: its next profile-write probe (at most one a"
+        say "day, PROFILE_WRITE_PROBE_HOURS) flips the tenant to 'allowed' and the next reconciliation"
+        say "links everyone waiting. \`python -m shared preflight --write-test\` tests it now."
     fi
 fi

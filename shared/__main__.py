@@ -29,6 +29,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from . import __version__, admin, operations, preflight, reasons, remote, telemetry
+from . import verify as verify_module
 from .credentials import CachingCredential
 from .graph import GraphError
 from .handlers import UNPAUSE_HINT, get_credential, get_settings
@@ -185,6 +186,24 @@ def _parser() -> argparse.ArgumentParser:
     _add_app_command(reconcile, "reconcile",
                      lambda a: {"force": a.force, "dry_run": a.dry_run}, _render_reconcile)
 
+    verify = command(
+        "verify", help="what people see: each user's SharePoint picture against their Microsoft "
+        "365 photo (read-only)", description="Judges, from SharePoint and Graph, whether each "
+        "user's people card shows their current photo: current, pending, stale, not_linked, "
+        "broken_link, wrong_size, no_photo or error. Exit 1 when any user is stale, broken_link, "
+        "wrong_size or error.")
+    verify.add_argument("users", nargs="*", metavar="USER", help="only these users (object id "
+                        "or UPN); default: a deterministic sample of the users in scope")
+    verify.add_argument("--user", action="append", default=[], metavar="USER",
+                        help="the same as a USER argument (repeatable)")
+    verify.add_argument("--sample", type=int, default=verify_module.DEFAULT_SAMPLE, metavar="N",
+                        help="a deterministic sample of N users in scope (default "
+                        f"{verify_module.DEFAULT_SAMPLE})")
+    verify.add_argument("--all", action="store_true", help="every user in scope (prints the "
+                        "estimated duration first)")
+    _add_app_command(verify, "verify", _verify_options, _render_verify, formats=ROW_FORMATS)
+    verify.set_defaults(run=_verify_command)
+
     subscription = command("subscription", help="the Graph change-notification subscription")
     subscription.add_argument("action", choices=["show", "ensure", "delete"], nargs="?",
                               default="show", help="show it (default); ensure: create or renew "
@@ -216,14 +235,14 @@ Render = Callable[[dict[str, Any], argparse.Namespace], int]
 
 def _add_app_command(parser: argparse.ArgumentParser, name: str,
                      options: Callable[[argparse.Namespace], dict[str, Any]],
-                     render: Render) -> None:
+                     render: Render, formats: tuple[str, ...] = OBJECT_FORMATS) -> None:
     """A command of shared/admin.py: run here, or inside the deployed app with --app. Any
     registered command (preflight, verify, ...) is wired the same way."""
     parser.add_argument("--app", metavar="NAME", help="run inside this deployed Function App, as "
                         "its identity (uses `az` for the host name and master key)")
     parser.add_argument("--resource-group", "-g", metavar="RG", help="the app's resource group "
                         "(default: found by name in the current subscription)")
-    _add_output(parser, OBJECT_FORMATS)
+    _add_output(parser, formats)
     parser.set_defaults(run=_admin_runner(name, options, render), admin_command=name,
                         admin_options=options)
 
@@ -243,7 +262,8 @@ def _admin_runner(name: str, options: Callable[[argparse.Namespace], dict[str, A
         if args.output == "json":
             print(json.dumps(body))
             return render(body, argparse.Namespace(**{**vars(args), "output": "quiet"}))
-        _print_identity(body)
+        if args.output == "table":  # csv and JSON lines stay machine-readable
+            _print_identity(body)
         return render(body, args)
 
     return run
@@ -480,6 +500,22 @@ def _print_summary(summary: dict[str, object], as_json: bool) -> None:
     queues = summary["queues"]
     assert isinstance(queues, dict)
     console.print("queues: " + ", ".join(f"{name} {depth}" for name, depth in queues.items()))
+    waiting = summary.get("waiting")
+    if isinstance(waiting, dict) and waiting.get("users"):
+        oldest = f", the oldest since {waiting['oldestSince']}" if waiting.get("oldestSince") else ""
+        console.print(f"waiting for a profile link: {waiting['users']} users{oldest} "
+                      "(`python -m shared link-profiles` links them)")
+    writes = summary.get("profileWrites")
+    if isinstance(writes, dict):
+        since = f" since {writes['since']} (HTTP {writes['httpStatus']}, {writes['source']})" \
+            if writes.get("since") else ""
+        console.print(f"profile writes: {writes['answer']}{since}; "
+                      f"PROFILE_WRITES={writes['setting']}")
+    verified = summary.get("verify")
+    if isinstance(verified, dict):
+        found = ", ".join(f"{n} {state}" for state, n in verified["counts"].items() if n)
+        console.print(f"daily verify ({verified['at']}, {verified['sampled']} users): "
+                      f"{found or 'nobody'}")
 
 
 async def _link_command(args: argparse.Namespace) -> int:
@@ -498,11 +534,17 @@ async def _link_command(args: argparse.Namespace) -> int:
         listed += _read_user_list(args.from_csv)
     users = list(dict.fromkeys(listed)) if args.users or args.from_csv else None
     results = []
+    waiting: list[int] = []
     console = Console(stderr=True)
+
+    def start(pending: int, skipped: int) -> None:
+        waiting.append(pending)
+        bar.update(task, total=pending + skipped)
+
     with Progress(console=console, transient=True, disable=args.output != "table") as bar:
-        task = bar.add_task("linking profiles", total=len(users) if users is not None else None)
+        task = bar.add_task("linking profiles", total=None)
         async for result in operations.link_profiles(settings, credential, dry_run=args.dry_run,
-                                                     users=users):
+                                                     users=users, on_start=start):
             results.append(result)
             bar.advance(task)
     if not _emit_rows([{"userId": r.user_id, "upn": r.upn, "linked": r.linked, "reason": r.reason,
@@ -513,7 +555,21 @@ async def _link_command(args: argparse.Namespace) -> int:
             table.add_row(result.upn or result.user_id, "yes" if result.linked else "no",
                           result.reason)
         Console().print(table if results else "No profile needs linking.")
+    console.print(_link_summary(results, sum(waiting), args.dry_run))
     return 1 if any(not r.linked for r in results) and not args.dry_run else 0
+
+
+def _link_summary(results: list[operations.LinkResult], waiting: int, dry_run: bool) -> str:
+    """One line an administrator can forward: how many were linked and what is left."""
+    listed = len(results) - waiting  # listed in --from but not waiting for a link
+    others = f"; {listed} listed user(s) not waiting (reasons above)" if listed else ""
+    if dry_run:
+        return f"dry run: would link {waiting} user(s){others}; nothing was written"
+    linked = sum(r.linked for r in results)
+    left = waiting - linked
+    return (f"linked {linked} of {waiting} waiting user(s)"
+            + (f"; {left} not linked (reasons above; run again to retry)" if left else "")
+            + others)
 
 
 def _read_user_list(path: str) -> list[str]:
@@ -573,7 +629,8 @@ def _coded(code: str, sentence: str) -> str:
     return f"{code}: {sentence}" if code else sentence
 
 
-_STYLES = {"failed": "red", "updated": "green", "needs_profile_link": "yellow"}
+_STYLES = {"failed": "red", "updated": "green", "needs_profile_link": "yellow",
+           **{state: "red" for state in verify_module.FAILING}}
 
 
 def _styled(outcome: str) -> str:
@@ -620,6 +677,62 @@ def _render_replay(body: dict[str, Any], args: argparse.Namespace) -> int:
         print(f"{body['messages']} message(s) "
               f"{'waiting in' if body['dryRun'] else 'moved back from'} the poison queue")
     return 0
+
+
+def _verify_options(args: argparse.Namespace) -> dict[str, Any]:
+    users = check_user_keys([*args.users, *args.user])
+    if args.sample < 1:
+        raise InvalidMessage("--sample must be a positive whole number")
+    if args.all and users:
+        raise InvalidMessage("give USERs or --all, not both")
+    return {"users": users, "all": args.all, "sample": args.sample}
+
+
+async def _verify_command(args: argparse.Namespace) -> int:
+    """Verify here (with a progress bar, and for --all the estimated duration first), or inside
+    the deployed app with --app; the same report either way."""
+    options = _verify_options(args)
+    if args.app:
+        return int(await _admin_runner("verify", _verify_options, _render_verify)(args))
+    settings = get_settings()
+    console = Console(stderr=True)
+
+    def announce(total: int) -> None:
+        if args.all:
+            minutes = verify_module.estimate_minutes(settings, total)
+            console.print(f"verifying {total} users in scope: about {max(minutes, 1):.0f} minutes "
+                          f"(SharePoint budget {settings.sharepoint_ru_per_minute} RU/min, "
+                          f"{verify_module.SHAREPOINT_REQUESTS_PER_USER} SharePoint requests per "
+                          "user)")
+        bar.update(task, total=total)
+
+    with Progress(console=console, transient=True,
+                  disable=args.output != "table" or not console.is_terminal) as bar:
+        task = bar.add_task("verifying", total=None)
+        report = await verify_module.run_verify(
+            settings, sample=options["sample"], everyone=options["all"], users=options["users"],
+            credential=get_credential(), on_total=announce,
+            on_verdict=lambda _verdict: bar.advance(task))
+    identity = await admin.current_identity(settings)
+    body = {**report.as_dict(), "exitCode": report.exit_code, "identity": identity.text,
+            "identityKind": identity.kind}
+    if args.output == "json":
+        print(json.dumps(body))
+        return report.exit_code
+    if args.output == "table":
+        _print_identity(body)
+    return _render_verify(body, args)
+
+
+def _render_verify(body: dict[str, Any], args: argparse.Namespace) -> int:
+    """The verify report as a table (80 columns), CSV or JSON lines; its exit code."""
+    rows = body["users"]
+    if args.output != "quiet" and not _emit_rows(rows, args.output, "users"):
+        _print_lines(("user", "state", "detail"),
+                     [(r["upn"] or r["userId"], r["state"], r["detail"]) for r in rows])
+        Console(highlight=False).print(
+            ", ".join(f"{n} {state}" for state, n in body["counts"].items() if n) or "no users")
+    return int(body.get("exitCode", 0))
 
 
 if __name__ == "__main__":

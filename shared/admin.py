@@ -28,6 +28,7 @@ from .inputs import MAX_SYNC_BODY_BYTES, InputTooLarge, InvalidMessage, load_jso
 from .settings import Settings
 from .state import table_client
 from .sync import open_context
+from .verify import verify_command
 
 AdminCommand = Callable[[Settings, dict[str, Any]], Awaitable[dict[str, Any]]]
 WritesWith = Callable[[dict[str, Any]], bool]
@@ -174,6 +175,7 @@ register("counters", counters_command, writes=lambda o: o.get("action") == "rebu
 register("replay-poison", replay_poison_command, writes=lambda o: not o.get("dry_run"))
 # read-only; the write test's probe and no-op profile write must be the app's own
 register("preflight", preflight_command, writes=lambda o: bool(o.get("write_test")))
+register("verify", verify_command)  # read-only (shared/verify.py)
 
 
 # Who runs it
@@ -217,7 +219,7 @@ async def run_command(name: str, settings: Settings, options: dict[str, Any], *,
                 "run it inside the app with `--app NAME [--resource-group RG]` "
                 "(docs/operations.md, \"Who runs what\")")
         result = await registered.command(settings, options)
-    except BadOptions as error:
+    except (BadOptions, InvalidMessage) as error:
         return 400, {"error": str(error)}
     except Paused as error:
         return 409, {"error": str(error), "paused": True}

@@ -40,8 +40,9 @@ from .notifications import (
     parse_notifications,
     validation_token,
 )
-from .operations import health_figures, tenant_summary
+from .operations import health_figures, tenant_summary, verify_figures
 from .pacing import Throttled
+from .profile_writes import requeue_waiting
 from .queue import (
     InvalidMessage,
     SyncQueue,
@@ -65,6 +66,7 @@ from .sharepoint import SharePointProfiles, forget_learnt_sizes
 from .state import StateStore, utc_now
 from .subscriptions import SubscriptionStatus, ensure_subscription, reauthorize
 from .sync import SyncContext, SyncResult, UserBusy, open_context, sync_user
+from .verify import run_verify
 
 log = logging.getLogger("photo_sync")
 
@@ -506,6 +508,8 @@ async def run_reconcile(force: bool = False, dry_run: bool = False,
                                  dry_run=dry_run,
                                  time_budget=DEFAULT_TIME_BUDGET_SECONDS if time_budget is None
                                  else time_budget)
+        if report.complete and not dry_run:  # profile writes allowed now: link who waits
+            await requeue_waiting(settings, context.state, queue)
     if not report.skipped:
         telemetry.log_reconcile(complete=report.complete, scanned=report.scanned,
                                 queued=report.queued, resumed=report.resumed, force=force,
@@ -552,6 +556,25 @@ async def _timer_pass(settings: Settings, context: SyncContext) -> dict[str, Any
     finally:
         await log_health(settings)
     return {"subscription": subscription.as_dict(), "reconcile": report.as_dict()}
+
+
+async def handle_verify_timer() -> dict[str, Any]:
+    """The daily verify: a sample of VERIFY_SAMPLE users judged from what SharePoint shows; its
+    counts go into the state table (status, /api/health, the health record) and its own record,
+    which the alert reads."""
+    settings = get_settings()
+    if not settings.verify_sample:
+        return {"skipped": "VERIFY_SAMPLE is 0"}
+    if settings.paused:  # nothing is synced yet, and a paused app writes nothing, not even this
+        return {"skipped": "paused"}
+    report = await run_verify(settings, sample=settings.verify_sample,
+                              credential=get_credential())
+    async with StateStore.from_settings(settings) as store:
+        record = await store.record_verify(len(report.verdicts), report.counts)
+    figures = {**verify_figures(record, record.finished_at), "seconds": round(report.seconds, 1),
+               "requests_per_user": round(report.requests_per_user(), 2)}
+    telemetry.log_verify(figures)
+    return figures
 
 
 @asynccontextmanager

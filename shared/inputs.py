@@ -40,8 +40,9 @@ NOTIFIED_CHUNK = 500  # object ids per control message: about 27 kB of the 64 Ki
 
 LifecycleEvent = Literal["reauthorizationRequired", "subscriptionRemoved", "missed"]
 LIFECYCLE_EVENTS: tuple[str, ...] = ("reauthorizationRequired", "subscriptionRemoved", "missed")
-Reason = Literal["notification", "manual", "reconcile"]
-REASONS: tuple[Reason, ...] = ("notification", "manual", "reconcile")
+# relink: a user waiting for a profile link, queued again once profile writes are allowed
+Reason = Literal["notification", "manual", "reconcile", "relink"]
+REASONS: tuple[Reason, ...] = ("notification", "manual", "reconcile", "relink")
 
 _GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 # A UPN: a prefix without characters that could steer a URL, '@', a DNS domain. Apostrophes, '#'

@@ -13,6 +13,7 @@ import csv
 import io
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import Any
 
 from azure.core.exceptions import ResourceNotFoundError
@@ -28,10 +29,14 @@ from .queue import (
 )
 from .settings import Settings
 from .sharepoint import ProfileWriteRefused, SharePointError, SharePointProfiles, new_stem
-from .state import StateStore, UserState, table_client, utc_now
+from .state import StateStore, UserState, VerifyRecord, table_client, utc_now
 from .writes import IntendedWrites, SharePointWrites, Writes
 
 NEEDS_LINK = "needs_profile_link"
+WAITING_RESCAN = timedelta(minutes=15)  # how often the health record looks for the oldest wait
+# shared/verify.py's states (that module sits above this one): the health record's verify_* fields
+VERIFY_STATES = ("current", "pending", "stale", "not_linked", "broken_link", "wrong_size",
+                 "no_photo", "error")
 
 
 async def queue_depth(settings: Settings, name: str) -> int:
@@ -57,7 +62,11 @@ async def tenant_summary(settings: Settings) -> dict[str, Any]:
     async with StateStore.from_settings(settings) as store:
         cursor = await store.get_cursor()
         subscription = await store.get_subscription()
+        verified = await store.get_verify()
+        oldest_wait, _checked = await store.get_waiting() or (None, None)
+        writes = await store.get_profile_writes()
         table_exists = not store.table_missing  # reads never create it (Table Data Reader suffices)
+    waiting = counts.outcomes.get(NEEDS_LINK, 0)
     queues = await asyncio.gather(*(queue_depth(settings, name) for name in _queue_names(settings)))
     return {
         "users": counts.users,
@@ -73,6 +82,14 @@ async def tenant_summary(settings: Settings) -> dict[str, Any]:
                          "expiresAt": subscription.expires_at.isoformat()} if subscription else None,
         "queues": dict(zip(_queue_names(settings), queues, strict=True)),
         "stateTableExists": table_exists,
+        # users waiting for a profile link; the oldest wait as the timer last found it
+        "waiting": {"users": waiting, "oldestSince": oldest_wait.isoformat(timespec="seconds")
+                    if waiting and oldest_wait else None},
+        "verify": verified.as_dict() if verified else None,  # the daily sampled verify
+        # whether SharePoint lets the app write profiles, since when (shared/profile_writes.py)
+        "profileWrites": {"answer": writes.answer, "since": writes.learnt_at.isoformat(
+            timespec="seconds") if writes.learnt_at else None, "httpStatus": writes.http_status,
+            "source": writes.source, "setting": settings.profile_writes},
         "paused": settings.paused,
     }
 
@@ -83,14 +100,26 @@ def _queue_names(settings: Settings) -> tuple[str, ...]:
 
 
 async def health_figures(settings: Settings) -> dict[str, Any]:
-    """The figures of the timer's "photo-sync health" record (alert rules read them)."""
+    """The figures of the timer's "photo-sync health" record (alert rules read them). Finds the
+    oldest wait for a profile link (a scan of the waiting users, only when someone waits, at most
+    every WAITING_RESCAN however often the timer runs) and remembers it for status and
+    /api/health."""
     now = utc_now()
+    counts = await outcome_counts(settings)
+    waiting = counts.outcomes.get(NEEDS_LINK, 0)
     async with StateStore.from_settings(settings) as store:
         cursor = await store.get_cursor()
         subscription = await store.get_subscription()
+        verified = await store.get_verify()
+        saved = await store.get_waiting()
+        if waiting and saved and now - saved[1] < WAITING_RESCAN:
+            oldest_wait = saved[0]
+        else:
+            oldest_wait = await store.oldest_waiting() if waiting else None
+            if waiting or (saved and saved[0]):
+                await store.save_waiting(oldest_wait)
     poison = await asyncio.gather(queue_depth(settings, settings.poison_queue_name),
                                   queue_depth(settings, f"{settings.queue_name}-control-poison"))
-    counts = await outcome_counts(settings)
     completed = cursor.last_completed_at
     return {
         "paused": settings.paused,
@@ -103,11 +132,27 @@ async def health_figures(settings: Settings) -> dict[str, Any]:
         if completed else -1.0,
         "users": counts.users,
         "failed_users": counts.outcomes.get("failed", 0),
-        "needs_profile_link_users": counts.outcomes.get(NEEDS_LINK, 0),
+        "needs_profile_link_users": waiting,
+        "oldest_waiting_since": oldest_wait.isoformat(timespec="seconds") if oldest_wait else "",
+        "oldest_waiting_hours": _hours(now, oldest_wait),
         "counters_ready": counts.ready,
         # Multi-Geo: users per geo, "EUR=120,NAM=300" (empty on a single-geo tenant)
         "users_per_geo": ",".join(f"{geo}={n}" for geo, n in counts.geos.items()),
+        **verify_figures(verified, now),
     }
+
+
+def _hours(now: datetime, since: datetime | None) -> float:
+    return round((now - since).total_seconds() / 3600, 2) if since else -1.0
+
+
+def verify_figures(verified: VerifyRecord | None, now: datetime) -> dict[str, Any]:
+    """The daily verify's last counts, as health record fields (-1 hours: never ran)."""
+    counts = verified.counts if verified else {}
+    return {"hours_since_verify": _hours(now, verified.finished_at if verified else None),
+            "verify_sampled": verified.sampled if verified else 0,
+            "verify_bad_runs_in_a_row": verified.bad_runs_in_a_row if verified else 0,
+            **{f"verify_{state}": counts.get(state, 0) for state in VERIFY_STATES}}
 
 
 async def replay_poison(settings: Settings, *, control: bool = False, dry_run: bool = False) -> int:
@@ -247,10 +292,13 @@ async def _listed(store: StateStore, users: Sequence[str],
 
 
 async def link_profiles(settings: Settings, admin_credential: CachingCredential, *,
-                        dry_run: bool = False,
-                        users: Sequence[str] | None = None) -> AsyncIterator[LinkResult]:
+                        dry_run: bool = False, users: Sequence[str] | None = None,
+                        on_start: Callable[[int, int], None] | None = None
+                        ) -> AsyncIterator[LinkResult]:
     """Link each `needs_profile_link` user's profile to their M thumbnail, as an administrator;
-    only the listed `users` (ids or UPNs, e.g. from a CSV export) when given.
+    only the listed `users` (ids or UPNs, e.g. from a CSV export) when given. `on_start` hears,
+    before the first result, how many users wait to be linked and how many listed users are
+    reported without being linked (a progress bar, a summary).
 
     Each success is recorded at once (outcome `updated`), so a second run continues with the rest.
     A dry run takes the same steps through a writer that writes nothing (shared/writes.py) and
@@ -273,7 +321,7 @@ async def link_profiles(settings: Settings, admin_credential: CachingCredential,
 
     # an administrator's delegated rights say nothing about the app's: never recorded as the app's
     writes: Writes = IntendedWrites("allowed") if dry_run else \
-        SharePointWrites(clients[""], store, learn=False)
+        SharePointWrites(clients[""], store)
     try:
         geo_map = await geos.known(settings, store)
         skipped: list[LinkResult] = []
@@ -281,6 +329,8 @@ async def link_profiles(settings: Settings, admin_credential: CachingCredential,
             pending = [state async for state in users_needing_link(store)]
         else:
             pending = await _listed(store, users, skipped)
+        if on_start:
+            on_start(len(pending), len(skipped))
         for result in skipped:
             yield replace(result, dry_run=dry_run)
         for state in pending:
@@ -306,7 +356,7 @@ async def link_profiles(settings: Settings, admin_credential: CachingCredential,
                 continue
             state.outcome, state.reason = "updated", reasons.LINKED_BY_ADMIN.sentence
             state.reason_code = reasons.LINKED_BY_ADMIN.code
-            state.picture_stem, state.profile_linked = stem, True
+            state.picture_stem, state.profile_linked, state.waiting_since = stem, True, None
             await writes.save(state)
             reason = state.reason if not dry_run else \
                 f"{state.reason} (would link to {await profiles.picture_url(stem)})"

@@ -105,6 +105,19 @@ PLACEHOLDER_FLAG_REFUSED = _code(
     "(SPS-PicturePlaceholderState=1) and SharePoint refuses this app-only identity the change",
     "A SharePoint administrator runs `python -m shared link-profiles` once, which clears the "
     "flag (or the user signs in to SharePoint or OneDrive once).")
+PROFILE_WRITES_REFUSED = _code(
+    "profile_writes_refused", NEEDS_PROFILE_LINK,
+    "thumbnails uploaded; SharePoint is known to refuse this app's profile writes, so none was "
+    "tried: a SharePoint admin links it",
+    "Nothing is tried until the daily probe (PROFILE_WRITE_PROBE_HOURS); the detail says since "
+    "when writes are refused. A SharePoint administrator runs `python -m shared link-profiles` "
+    "(weekly, docs/operations.md), or grants `grant-permissions.sh --profile-writes`: the next "
+    "probe notices it and the next reconciliation links everyone waiting.")
+PROFILE_WRITES_OFF = _code(
+    "profile_writes_off", NEEDS_PROFILE_LINK,
+    "thumbnails uploaded; PROFILE_WRITES=off: the app makes no profile write",
+    "A SharePoint administrator runs `python -m shared link-profiles` (weekly, "
+    "docs/operations.md), or set PROFILE_WRITES=auto where the app may write profiles.")
 
 # skipped
 USER_NOT_FOUND = _code(

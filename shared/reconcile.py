@@ -285,3 +285,13 @@ async def _changed_users(graph: GraphDirectory, seen: SeenIndex, users: list[Dir
     with background_traffic():  # the gathered tasks copy this context
         checks = [asyncio.ensure_future(check(c)) for c in chunks]
     return [user for found in await asyncio.gather(*checks) for user in found]
+
+
+async def users_in_scope(settings: Settings, graph: GraphDirectory) -> AsyncIterator[DirectoryUser]:
+    """Every user a reconciliation looks at (the scope settings, less the exclude groups), one
+    page in memory at a time; a member of two include groups comes once per group."""
+    excluded = await graph.group_member_ids(settings.exclude_groups)
+    async for users, _resume in _pages_in_scope(settings, graph, "", PAGE_SIZE):
+        for user in users:
+            if user.id not in excluded:
+                yield user

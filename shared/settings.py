@@ -28,6 +28,9 @@ DEFAULT_RECONCILE_HOT_PERCENT = 5
 DEFAULT_SHAREPOINT_RU_PER_MINUTE = 1250
 # Outlook serves Graph photos: "up to 4 concurrent requests" per app (Graph throttling-limits page).
 DEFAULT_GRAPH_PHOTO_CONCURRENCY = 4
+DEFAULT_VERIFY_SAMPLE = 200  # users the daily verify looks at (shared/verify.py)
+PROFILE_WRITE_MODES = ("auto", "off")  # PROFILE_WRITES (shared/profile_writes.py)
+DEFAULT_PROFILE_WRITE_PROBE_HOURS = 24
 # The template's maximumInstanceCount (infra/main.bicep). A process that is not told how many
 # siblings share the budget assumes the deployed cap: a smaller share is slower but never
 # overruns SharePoint's budget, where 1 would let each of 4 instances spend all of it.
@@ -93,6 +96,9 @@ class Settings:
     sharepoint_ru_per_minute: int = DEFAULT_SHAREPOINT_RU_PER_MINUTE
     max_instances: int = DEFAULT_MAX_INSTANCES
     graph_photo_concurrency: int = DEFAULT_GRAPH_PHOTO_CONCURRENCY
+    verify_sample: int = DEFAULT_VERIFY_SAMPLE  # users the daily verify checks; 0: no daily verify
+    profile_writes: str = "auto"  # PROFILE_WRITE_MODES: "off" never tries a profile write
+    profile_write_probe_hours: int = DEFAULT_PROFILE_WRITE_PROBE_HOURS  # while refused
     log_upns: bool = False  # PHOTO_SYNC_LOG_UPNS: log records keep UPNs (docs/security.md)
     paused: bool = False  # PHOTO_SYNC_PAUSED: deployed but writing nothing (first deployment)
     # Multi-Geo: (data location code, My Site URL, admin URL) per geo from SHAREPOINT_GEOS; empty =
@@ -165,6 +171,10 @@ class Settings:
         if naming not in THUMBNAIL_NAMINGS:
             reader.problem("SHAREPOINT_THUMBNAIL_NAMING", f"{naming!r} is not one of "
                            f"{', '.join(THUMBNAIL_NAMINGS)}")
+        profile_writes = reader.text("PROFILE_WRITES", "auto").lower()
+        if profile_writes not in PROFILE_WRITE_MODES:
+            reader.problem("PROFILE_WRITES", f"{profile_writes!r} is not one of "
+                           f"{', '.join(PROFILE_WRITE_MODES)}")
         organisation = reader.text("PHOTO_SYNC_ORGANISATION", _tenant_name(mysite_url or ""))
         if not _ORGANISATION.match(organisation):
             reader.problem("PHOTO_SYNC_ORGANISATION", f"{organisation!r} must be 1-64 letters, digits, "
@@ -214,6 +224,10 @@ class Settings:
             max_instances=reader.positive_int("PHOTO_SYNC_MAX_INSTANCES", DEFAULT_MAX_INSTANCES),
             graph_photo_concurrency=reader.positive_int("GRAPH_PHOTO_CONCURRENCY",
                                                         DEFAULT_GRAPH_PHOTO_CONCURRENCY),
+            verify_sample=reader.count("VERIFY_SAMPLE", DEFAULT_VERIFY_SAMPLE),
+            profile_writes=profile_writes,
+            profile_write_probe_hours=reader.positive_int("PROFILE_WRITE_PROBE_HOURS",
+                                                          DEFAULT_PROFILE_WRITE_PROBE_HOURS),
             log_upns=reader.flag("PHOTO_SYNC_LOG_UPNS", False),
             paused=reader.flag("PHOTO_SYNC_PAUSED", False),
             sharepoint_geos=_read_geos(reader),
@@ -286,6 +300,16 @@ class _Reader:
             self.problem(name, f"{raw!r} is not a positive whole number")
             return default
         return value
+
+    def count(self, name: str, default: int) -> int:
+        """A whole number, 0 or more (0 turns something off)."""
+        raw = (self.env.get(name) or "").strip()
+        if not raw:
+            return default
+        if not raw.isdigit():
+            self.problem(name, f"{raw!r} is not a whole number (0 turns it off)")
+            return default
+        return int(raw)
 
     def minutes(self, name: str, default: int) -> int:
         """A whole number of minutes, 0 (off) to one week."""

@@ -53,11 +53,13 @@ class UserState:
     geo: str = ""
     preferred_data_location: str = ""
     updated_at: datetime = field(default_factory=utc_now)
+    # when the user first became needs_profile_link; kept through later saves until linked
+    waiting_since: datetime | None = None
 
     def to_entity(self) -> dict[str, Any]:
         entity: dict[str, Any] = {"PartitionKey": USER_PARTITION, "RowKey": self.user_id}
         for f in fields(self):
-            if f.name != "user_id":
+            if f.name != "user_id" and getattr(self, f.name) is not None:
                 entity[f.name] = getattr(self, f.name)
         return entity
 
@@ -101,6 +103,26 @@ class HotUser:
     user_id: str
     kind: str
     at: int
+
+
+@dataclass
+class VerifyRecord:
+    """The daily sampled verify's last result (shared/verify.py): what status, /api/health and
+    the health record show, and how many runs in a row found stale or broken pictures."""
+
+    finished_at: datetime
+    sampled: int
+    counts: dict[str, int]
+    bad_runs_in_a_row: int = 0
+
+    @property
+    def bad(self) -> int:
+        """Users whose people card shows a wrong or missing picture: what the alert counts."""
+        return self.counts.get("stale", 0) + self.counts.get("broken_link", 0)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"at": self.finished_at.isoformat(timespec="seconds"), "sampled": self.sampled,
+                "counts": self.counts, "badRunsInARow": self.bad_runs_in_a_row}
 
 
 @dataclass(frozen=True)
@@ -316,6 +338,61 @@ class StateStore:
     async def forget_subscription(self) -> None:
         await self._ensure_table()
         await self._client.delete_entity(CONTROL_PARTITION, "subscription")
+
+    async def get_verify(self) -> VerifyRecord | None:
+        entity = await self._control("verify")
+        if not entity:
+            return None
+        counts = {k[2:]: int(v) for k, v in entity.items() if k.startswith("c_")}
+        return VerifyRecord(entity["finished_at"], int(entity.get("sampled", 0)), counts,
+                            int(entity.get("bad_runs_in_a_row", 0)))
+
+    async def record_verify(self, sampled: int, counts: dict[str, int]) -> VerifyRecord:
+        """Keep a verify run's counts; the run extends the streak of runs that found stale or
+        broken pictures, or ends it. One timer writes it once a day: no concurrency to guard."""
+        previous = await self.get_verify()
+        record = VerifyRecord(utc_now(), sampled, dict(counts))
+        if record.bad:
+            record.bad_runs_in_a_row = (previous.bad_runs_in_a_row if previous else 0) + 1
+        await self._ensure_table()
+        await self._client.upsert_entity({"PartitionKey": CONTROL_PARTITION, "RowKey": "verify",
+                                          "finished_at": record.finished_at, "sampled": sampled,
+                                          "bad_runs_in_a_row": record.bad_runs_in_a_row,
+                                          **{f"c_{k}": v for k, v in counts.items()}},
+                                         mode=UpdateMode.REPLACE)
+        return record
+
+    async def waiting_users(self) -> AsyncIterator[tuple[str, datetime | None]]:
+        """(object id, waiting since) of each user waiting for a profile link: a filtered scan
+        of the users' partition reading two columns (call it when the counters say someone
+        waits). Rows written before `waiting_since` existed give their last save's time."""
+        rows = self._rows(f"PartitionKey eq '{USER_PARTITION}' and outcome eq 'needs_profile_link'",
+                          select=["RowKey", "waiting_since", "updated_at"], results_per_page=1000)
+        async for entity in rows:
+            yield entity["RowKey"], entity.get("waiting_since") or entity.get("updated_at")
+
+    async def oldest_waiting(self) -> datetime | None:
+        """The earliest `waiting_since` of the users waiting for a profile link."""
+        oldest: datetime | None = None
+        async for _user_id, since in self.waiting_users():
+            if since is not None and (oldest is None or since < oldest):
+                oldest = since
+        return oldest
+
+    async def get_waiting(self) -> tuple[datetime | None, datetime] | None:
+        """The oldest wait for a profile link as the timer last found it (None: nobody waited),
+        and when it looked; None when it never looked."""
+        entity = await self._control("waiting")
+        return (entity.get("oldest_waiting_since"), entity["checked_at"]) if entity else None
+
+    async def save_waiting(self, oldest: datetime | None) -> None:
+        """Remember the oldest wait, so status and /api/health show it without a scan."""
+        await self._ensure_table()
+        entity: dict[str, Any] = {"PartitionKey": CONTROL_PARTITION, "RowKey": "waiting",
+                                  "checked_at": utc_now()}
+        if oldest is not None:
+            entity["oldest_waiting_since"] = oldest
+        await self._client.upsert_entity(entity, mode=UpdateMode.REPLACE)
 
     async def get_geos(self) -> tuple[str, datetime] | None:
         """The discovered geos (shared/geos.py, as JSON) and when they were discovered."""

@@ -19,6 +19,7 @@ from .credentials import CachingCredential, build_credential
 from .geos import GeoClients, GeoMap, configured
 from .graph import DirectoryUser, GraphDirectory
 from .outcomes import Outcome, SyncResult
+from .profile_writes import ProfileWriteGate, ProfileWritesWithheld
 from .queue import SyncRequest
 from .scope import out_of_scope, scope_groups, uses_groups
 from .settings import Settings
@@ -30,7 +31,7 @@ from .sharepoint import (
     SharePointProfiles,
     new_stem,
 )
-from .state import StateStore, UserState
+from .state import StateStore, UserState, utc_now
 from .thumbnails import (
     ImageRejected,
     Thumbnails,
@@ -59,14 +60,16 @@ class SyncContext:
 
     def __post_init__(self) -> None:
         if self.writes is None:
-            self.writes = SharePointWrites(self.sharepoint, self.state)
+            self.writes = SharePointWrites(self.sharepoint, self.state,
+                                           ProfileWriteGate(self.settings, self.state))
 
     async def intended_writes(self) -> IntendedWrites:
         """The dry run's writer: records writes, and answers profile writes as the tenant's
-        recorded profile-write answer says (read once per context)."""
+        recorded profile-write answer and PROFILE_WRITES say (read once per context)."""
         if self._intended is None:
             record = await self.state.get_profile_writes()
-            self._intended = IntendedWrites(record.answer)
+            gate = ProfileWriteGate(self.settings, self.state)
+            self._intended = IntendedWrites(record.answer, gate.withheld(record))
         return self._intended
     geos: GeoClients | None = None  # Multi-Geo: the geos and a client per geo (shared/geos.py)
 
@@ -169,7 +172,12 @@ async def _sync_and_record(context: SyncContext, user: DirectoryUser, request: S
     skip = out_of_scope(settings, user, groups)
     if skip is None:
         try:
-            result = await _sync(context, user, state, request.force, writes, geos, recheck)
+            # queued again once profile writes are allowed (profile_writes.requeue_waiting): a
+            # user still waiting is linked although the photo did not change
+            relink = request.reason == "relink" and \
+                state.outcome == Outcome.NEEDS_PROFILE_LINK.value
+            result = await _sync(context, user, state, request.force, writes, geos, recheck,
+                                 relink)
         except GeoUnknown as unknown:
             result = SyncResult(user.id, user.upn, Outcome.FAILED, str(unknown),
                                 reasons.GEO_UNKNOWN.code)
@@ -178,12 +186,23 @@ async def _sync_and_record(context: SyncContext, user: DirectoryUser, request: S
     if result.outcome is not Outcome.UNCHANGED:
         state.outcome, state.reason = result.outcome.value, result.reason
         state.reason_code = result.code
+        note_waiting(state)
     await writes.save(state)
     return result
 
 
+def note_waiting(state: UserState) -> None:
+    """Since when the user waits for a profile link: set when they first become
+    needs_profile_link, kept while they stay so (an unchanged photo keeps the outcome), cleared
+    by any other outcome (linked, removed, out of scope)."""
+    if state.outcome == Outcome.NEEDS_PROFILE_LINK.value:
+        state.waiting_since = state.waiting_since or utc_now()
+    else:
+        state.waiting_since = None
+
+
 async def locate_profile(context: SyncContext, geos: GeoMap, user: DirectoryUser,
-                  state: UserState) -> tuple[SyncContext, Profile | None, bool]:
+                         state: UserState) -> tuple[SyncContext, Profile | None, bool]:
     """The user's profile, read through the geo that holds it, and the context whose `sharepoint`
     is that geo's client; and whether the profile moved geo since the last sync.
 
@@ -211,12 +230,13 @@ async def locate_profile(context: SyncContext, geos: GeoMap, user: DirectoryUser
 
 
 async def _sync(context: SyncContext, user: DirectoryUser, state: UserState, force: bool,
-                writes: Writes, geos: GeoMap, recheck: bool = False) -> SyncResult:
+                writes: Writes, geos: GeoMap, recheck: bool = False,
+                relink: bool = False) -> SyncResult:
     def result(outcome: Outcome, reason: str, code: reasons.ReasonCode) -> SyncResult:
         return SyncResult(user.id, user.upn, outcome, reason, code.code)
 
     etag = await context.graph.get_photo_etag(user.id)
-    if etag and etag == state.seen_etag and not force:
+    if etag and etag == state.seen_etag and not force and not relink:
         last = f" (last outcome: {state.outcome})" if state.outcome not in ("", "updated") else ""
         if not recheck or not (await locate_profile(context, geos, user, state))[2]:
             return result(Outcome.UNCHANGED, "photo etag unchanged" + last, reasons.ETAG_UNCHANGED)
@@ -245,7 +265,7 @@ async def _sync(context: SyncContext, user: DirectoryUser, state: UserState, for
         linked = await sharepoint.linked_stem(profile)
     except PhotosFolderUnknown as unknown:  # no retry fixes this: a setting or SharePoint must
         return result(Outcome.FAILED, str(unknown), reasons.PHOTOS_FOLDER_NOT_FOUND)
-    if linked and await _learn_large_px(context, linked) and thumbnail_sizes(context) != sizes:
+    if linked and await learn_large_px(context, linked) and thumbnail_sizes(context) != sizes:
         # the tenant's L size
         thumbnails = await _thumbnails(context, data, thumbnail_sizes(context))
     stem = linked or new_stem(context.settings.thumbnail_naming, user.id, user.upn)
@@ -269,6 +289,10 @@ async def _reveal(writes: Writes, upn: str, state: UserState, result: ResultFor)
     """The profile names our files but flags its picture as a placeholder: clear the flag."""
     try:
         await writes.reveal_picture(upn)
+    except ProfileWritesWithheld as withheld:
+        return result(Outcome.NEEDS_PROFILE_LINK,
+                      f"thumbnails replaced as {state.picture_stem}_MThumb.jpg, but the profile "
+                      f"flags its picture as a placeholder: {withheld}", withheld.code)
     except ProfileWriteRefused as refused:
         log.info("placeholder flag write refused: %s", refused)
         return result(Outcome.NEEDS_PROFILE_LINK,
@@ -292,6 +316,10 @@ async def _link(writes: Writes, upn: str, profile: Profile, stem: str, state: Us
     elsewhere = f" (it showed {profile.picture_url})" if profile.picture_url else ""
     try:
         await writes.link_picture(upn, stem)
+    except ProfileWritesWithheld as withheld:
+        return result(Outcome.NEEDS_PROFILE_LINK,
+                      f"thumbnails uploaded as {stem}_MThumb.jpg{elsewhere}; {withheld}",
+                      withheld.code)
     except ProfileWriteRefused as refused:
         log.info("profile link refused: %s", refused)
         return result(Outcome.NEEDS_PROFILE_LINK,
@@ -360,18 +388,23 @@ def thumbnail_sizes(context: SyncContext) -> tuple[int, int, int]:
     return (small, medium, max(learnt, medium))
 
 
-async def _learn_large_px(context: SyncContext, stem: str) -> bool:
-    """Learn the tenant's L size from `stem`'s L file, once; True when it is known now."""
+async def learn_large_px(context: SyncContext, stem: str) -> bool:
+    """Learn the tenant's L size from `stem`'s L file, once; True when it is known now.
+
+    A failed read counts as an attempt once it has failed, not before: the first syncs of a
+    process run concurrently, and one that found the attempts used up by reads still in flight
+    would write L at the default size (tests/test_verify.py, the 300 px tenant)."""
     sharepoint = context.sharepoint
     if context.settings.thumbnail_sizes_configured:
         return False
     if sharepoint.large_px or sharepoint.large_px_attempts >= LEARN_ATTEMPTS:
         return bool(sharepoint.large_px)
-    sharepoint.large_px_attempts += 1
     size = picture_px(await sharepoint.download(stem, "L") or b"")
     if size:
         sharepoint.large_px = size
         log.info("learnt the tenant's L thumbnail size: %s px", size)
+    else:
+        sharepoint.large_px_attempts += 1
     return bool(size)
 
 

@@ -182,6 +182,7 @@ SYNC_FAILED = "sync message failed"
 SYNC_RESCHEDULED = "sync rescheduled"
 RECONCILE_FINISHED = "reconcile finished"
 HEALTH = "photo-sync health"
+VERIFY = "photo-sync verify"
 
 
 def log_sync(result: SyncResult, trigger: str, counts: RequestCounts, *,
@@ -231,3 +232,9 @@ def log_health(figures: dict[str, Any]) -> None:
     extra = {"event": "health",
              **{k: flag(v) if isinstance(v, bool) else v for k, v in figures.items()}}
     log.info(HEALTH, extra=extra)
+
+
+def log_verify(figures: dict[str, Any]) -> None:
+    """The daily verify's record: its counts per state, and the runs in a row that found stale
+    or broken pictures (the alert fires at two)."""
+    log.info(VERIFY, extra={"event": "verify", **figures})

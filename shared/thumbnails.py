@@ -14,7 +14,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageChops, ImageDraw, ImageOps, ImageStat, UnidentifiedImageError
 
 from . import reasons
 from .reasons import ReasonCode
@@ -74,14 +74,33 @@ def make_thumbnails(data: bytes, sizes: tuple[int, int, int] = (48, 72, 200), *,
     return Thumbnails(small, medium, large)
 
 
+def shown_size(data: bytes) -> tuple[int, int] | None:
+    """The pixel size of an existing thumbnail file, from its header; None when not an image."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None
+
+
 def picture_px(data: bytes) -> int | None:
     """The width in pixels of an existing thumbnail file, read from its header only (no decoding);
     None when the bytes are not an image."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            return int(image.size[0])
-    except (UnidentifiedImageError, OSError, ValueError):
-        return None
+    size = shown_size(data)
+    return size[0] if size else None
+
+
+def difference(shown: bytes, expected: bytes) -> float:
+    """How far a thumbnail people see is from the one expected, by content: the mean absolute
+    difference per channel (0-255) after bringing `shown` to `expected`'s size. Two JPEG encodings
+    of one picture differ by a few units; different pictures by tens (tests/test_verify.py)."""
+    with Image.open(io.BytesIO(expected)) as want_file, Image.open(io.BytesIO(shown)) as got_file:
+        want = _to_rgb(want_file)
+        got = _to_rgb(ImageOps.exif_transpose(got_file))
+        if got.size != want.size:
+            got = ImageOps.fit(got, want.size, Image.Resampling.LANCZOS)
+        means = ImageStat.Stat(ImageChops.difference(got, want)).mean
+    return sum(means) / len(means)
 
 
 def placeholder_thumbnails(sizes: tuple[int, int, int] = (48, 72, 200)) -> Thumbnails:

@@ -10,15 +10,12 @@ ProfileWritesRecord), and as refused while that answer is `untested`.
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
-from collections.abc import Awaitable
 from typing import Protocol
 
+from .profile_writes import MakeWrite, ProfileWriteGate, ProfileWritesWithheld
 from .sharepoint import ProfileWriteRefused, SharePointProfiles
 from .state import StateStore, UserState
-
-log = logging.getLogger("photo_sync.writes")
 
 UNTESTED_NOTE = "profile writes untested: run preflight --write-test"
 
@@ -43,24 +40,22 @@ class Writes(Protocol):
 
 
 class SharePointWrites:
-    """Performs the writes. With `learn` (the app's own identity), the first profile write of the
-    process also records the tenant's answer, allowed or refused, when it differs from the record;
+    """Performs the writes. With a `gate` (the app's own identity), each profile write is made
+    only as the tenant's recorded answer allows, and teaches it (shared/profile_writes.py);
     `link-profiles` signs in as an administrator, whose rights say nothing about the app's."""
 
     dry_run = False
 
     def __init__(self, sharepoint: SharePointProfiles, state: StateStore,
-                 learn: bool = True, known: list[str] | None = None) -> None:
+                 gate: ProfileWriteGate | None = None) -> None:
         self._sharepoint = sharepoint
         self._state = state
-        self._learn = learn
-        # the answer this process has recorded or read, shared with the writers of other geos
-        self._known: list[str] = known if known is not None else []
+        self._gate = gate
 
     def on(self, sharepoint: SharePointProfiles) -> SharePointWrites:
         if sharepoint is self._sharepoint:
             return self
-        return SharePointWrites(sharepoint, self._state, self._learn, self._known)
+        return SharePointWrites(sharepoint, self._state, self._gate)
 
     async def upload(self, stem: str, suffix: str, data: bytes) -> None:
         await self._sharepoint.upload(stem, suffix, data)
@@ -69,29 +64,19 @@ class SharePointWrites:
         await self._sharepoint.delete(stem, suffix)
 
     async def link_picture(self, upn: str, stem: str) -> None:
-        await self._profile_write(self._sharepoint.link_picture(upn, stem))
+        await self._profile_write(lambda: self._sharepoint.link_picture(upn, stem))
 
     async def reveal_picture(self, upn: str) -> None:
-        await self._profile_write(self._sharepoint.reveal_picture(upn))
+        await self._profile_write(lambda: self._sharepoint.reveal_picture(upn))
 
     async def unlink_picture(self, upn: str) -> None:
-        await self._profile_write(self._sharepoint.unlink_picture(upn))
+        await self._profile_write(lambda: self._sharepoint.unlink_picture(upn))
 
-    async def _profile_write(self, write: Awaitable[None]) -> None:
-        try:
-            await write
-        except ProfileWriteRefused as refused:
-            await self._record("refused", refused.status)
-            raise
-        await self._record("allowed", 200)
-
-    async def _record(self, answer: str, status: int) -> None:
-        if not self._learn or self._known == [answer]:
-            return
-        if (await self._state.get_profile_writes()).answer != answer:
-            await self._state.record_profile_writes(answer, status, "sync")
-            log.info("profile writes %s (HTTP %s) recorded for the tenant", answer, status)
-        self._known[:] = [answer]
+    async def _profile_write(self, make: MakeWrite) -> None:
+        if self._gate is None:  # an administrator's write: nothing to learn about the app
+            await make()
+        else:
+            await self._gate.write(make)
 
     async def save(self, state: UserState) -> None:
         await self._state.save(state)
@@ -109,8 +94,10 @@ class IntendedWrites:
 
     dry_run = True
 
-    def __init__(self, profile_writes: str) -> None:
+    def __init__(self, profile_writes: str,
+                 withheld: ProfileWritesWithheld | None = None) -> None:
         self.profile_writes = profile_writes  # allowed | refused | untested
+        self.withheld = withheld  # why the real run would not even try a profile write
         self.intended: Counter[str] = Counter()  # writes a real run would make, by kind
 
     def on(self, sharepoint: SharePointProfiles) -> IntendedWrites:
@@ -133,6 +120,8 @@ class IntendedWrites:
 
     def _profile_write(self, kind: str) -> None:
         self.intended[kind] += 1
+        if self.withheld is not None:
+            raise self.withheld
         if self.profile_writes != "allowed":
             raise ProfileWriteRefused(UNTESTED_NOTE if self.profile_writes == "untested"
                                       else "profile writes are recorded as refused", 403)

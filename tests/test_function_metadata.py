@@ -26,7 +26,7 @@ def trigger(name: str) -> dict[str, Any]:
 
 def test_every_function_is_declared() -> None:
     assert set(bindings()) == {"sync_photo", "sync_now", "health", "graph_webhook",
-                               "graph_lifecycle", "control", "reconcile", "ops"}
+                               "graph_lifecycle", "control", "reconcile", "ops", "verify"}
 
 
 def test_queue_triggers_read_the_queue_named_by_settings() -> None:
@@ -62,6 +62,14 @@ def test_timer_ticks_every_minute_and_never_runs_on_startup() -> None:
     timer = trigger("reconcile")
     assert timer["type"] == "timerTrigger"
     assert timer["schedule"] == "0 * * * * *"
+    assert not timer.get("runOnStartup")
+
+
+def test_the_verify_timer_runs_daily_and_never_on_startup() -> None:
+    timer = trigger("verify")
+    assert timer["type"] == "timerTrigger"
+    seconds, minutes, hours, *every_day = timer["schedule"].split()
+    assert every_day == ["*", "*", "*"] and hours.isdigit() and minutes.isdigit()
     assert not timer.get("runOnStartup")
 
 

@@ -278,7 +278,7 @@ def test_deployed_settings_pass_the_apps_own_validation() -> None:
         elif value in ("syncQueueName", "stateTableName"):
             env[name] = bicep_var_string(MAIN_BICEP, value)
         elif value in ("graphBaseUrl", "photosFolder", "sharepointGeos", "thumbnailNaming",
-                       "organisation"):
+                       "organisation", "profileWrites"):
             env[name] = main_defaults[value]
         elif value == "applicationInsights.properties.ConnectionString":
             env[name] = "InstrumentationKey=00000000-0000-0000-0000-000000000000"

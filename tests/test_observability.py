@@ -37,7 +37,10 @@ CONTRACT = {  # docs/operations.md: message -> event and the customDimensions al
     "reconcile finished": ("reconcile", {"complete", "scanned", "queued", "duration_ms"}),
     "photo-sync health": ("health", {"poison_messages", "subscription_present",
                                      "subscription_hours_left", "notification_url_set",
-                                     "hours_since_reconcile_completed"}),
+                                     "hours_since_reconcile_completed", "oldest_waiting_hours",
+                                     "verify_stale", "verify_broken_link"}),
+    "photo-sync verify": ("verify", {"verify_sampled", "verify_stale", "verify_broken_link",
+                                     "verify_bad_runs_in_a_row", "requests_per_user"}),
 }
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -73,6 +76,7 @@ def every_record(sim: TenantSimulator, caplog: pytest.LogCaptureFixture
     sim.clear_faults()
     asyncio.run(handlers.handle_timer())  # the first tick: a pass is due
     asyncio.run(handlers.run_reconcile())
+    asyncio.run(handlers.handle_verify_timer())
     return {message: records(caplog, message) for message in CONTRACT}
 
 

@@ -133,9 +133,17 @@ def test_a_profile_naming_our_files_but_flagged_placeholder_is_revealed_or_repor
     assert state.outcome == "needs_profile_link" and "SPS-PicturePlaceholderState" in state.reason
     assert state.picture_stem == user.id
     sim.app_only_property_writes = "allow"
+    # the refusal is remembered (shared/profile_writes.py) until a probe or `preflight
+    # --write-test` finds the writes allowed, as the write test does here
+    asyncio.run(_record_allowed())
     deliver(user.id, force=True)
     assert state_of(user).outcome == "updated"
     assert sim.profile(user.id)["SPS-PicturePlaceholderState"] == "0"
+
+
+async def _record_allowed() -> None:
+    async with StateStore.from_settings(get_settings()) as store:
+        await store.record_profile_writes("allowed", 200, "preflight --write-test")
 
 
 # ------------------------------------------------------------------ placeholder profiles

@@ -43,6 +43,8 @@ def storage_access(args: argparse.Namespace) -> set[tuple[str, str]]:
         return {("table", "read"), ("queue", "read")}
     if command in ("counters", "subscription"):  # counters.read/scan; StateStore.get_subscription
         return {("table", "read")}
+    if command == "verify":  # each user's row and the reconcile cursor; it creates nothing
+        return {("table", "read")}
     if command == "replay-poison":  # queue_depth of the poison queue (dry run)
         return {("queue", "read")}
     if command == "preflight":  # the profile-write record, the subscription row, queue depth

@@ -43,7 +43,8 @@ def tenant(caller: list[str], grants: list[dict[str, Any]] | None = None) -> dic
                                                "GroupMember.Read.All")},
             "spo-sp": {"displayName": "Office 365 SharePoint Online", "appId": SHAREPOINT_APP,
                        "appRoles": app_roles("User.Read.All", "Sites.Selected",
-                                             "Sites.FullControl.All")},
+                                             "Sites.FullControl.All", "User.ReadWrite.All",
+                                             "TermStore.ReadWrite.All")},
         },
         "sites": {HOST: SITE_ID},
         "site_permissions": grants or [],
@@ -194,9 +195,50 @@ def test_full_control_needs_no_site_grant(run_script: Any) -> None:
     assert not [c for c in run.calls if c["path"].startswith("/v1.0/sites")]
 
 
+PROFILE_WRITE_SET = {"spo:Sites.FullControl.All", "spo:User.ReadWrite.All",
+                     "spo:TermStore.ReadWrite.All"}
+
+
+def test_profile_writes_grant_the_sharepoint_set_once_and_need_no_site_grant(
+        run_script: Any) -> None:
+    first = run_script(tenant([]), "--profile-writes")
+    assert first.code == 0, first.err
+    assert assigned_roles(first) == {"graph:User.Read.All", "graph:ProfilePhoto.Read.All",
+                                     "spo:User.Read.All", *PROFILE_WRITE_SET}
+    assert not [c for c in first.calls if c["path"].startswith("/v1.0/sites")]
+    assert "next profile-write probe" in first.out
+    again = run_script(first.state, "--profile-writes", "--full-control")  # combinable
+    assert again.code == 0, again.err
+    assert again.writes() == [] and assigned_roles(again) == assigned_roles(first)
+
+
+def test_profile_writes_dry_run_changes_nothing(run_script: Any) -> None:
+    run = run_script(tenant([]), "--profile-writes", "--dry-run")
+    assert run.code == 0, run.err
+    assert run.writes() == [] and "User.ReadWrite.All: would grant" in run.out
+
+
+def test_revoking_profile_writes_keeps_the_app_writing_thumbnails(run_script: Any) -> None:
+    granted = run_script(tenant(["Sites.FullControl.All"]), "--profile-writes")
+    dry = run_script(granted.state, "--revoke-profile-writes", "--dry-run")
+    assert dry.code == 0 and dry.writes() == [] and "would revoke" in dry.out
+    revoked = run_script(granted.state, "--revoke-profile-writes")
+    assert revoked.code == 0, revoked.err
+    assert assigned_roles(revoked) == {"graph:User.Read.All", "graph:ProfilePhoto.Read.All",
+                                       "spo:User.Read.All", "spo:Sites.Selected"}
+    assert [g["roles"] for g in revoked.state["site_permissions"]] == [["write"]]
+    with_full_control = run_script(granted.state, "--revoke-profile-writes", "--full-control")
+    assert assigned_roles(with_full_control) == {"graph:User.Read.All", "graph:ProfilePhoto.Read.All",
+                                                 "spo:User.Read.All", "spo:Sites.FullControl.All"}
+    again = run_script(revoked.state, "--revoke-profile-writes")
+    assert again.writes() == [] and "not granted" in again.out
+
+
 def test_contradicting_options_are_refused(run_script: Any) -> None:
     run = run_script(tenant([]), "--full-control", "--skip-site-grant")
     assert run.code == 2 and "--skip-site-grant" in run.err and run.calls == []
+    both = run_script(tenant([]), "--profile-writes", "--revoke-profile-writes")
+    assert both.code == 2 and "contradict" in both.err and both.calls == []
 
 
 # The azd preprovision hook

@@ -96,6 +96,26 @@ var rules = [
     query: 'let first_health = toscalar(traces | where message == "photo-sync health" | summarize min(timestamp)); ${latestHealth} | where tostring(customDimensions.paused) !~ "true" | extend hours = todouble(customDimensions.hours_since_reconcile_completed) | where hours > ${reconcileAlertAfterHours} or (hours < 0 and first_health < ago(${hours})) | project timestamp, hours_since_reconcile_completed = hours'
   }
   {
+    name: 'verify-stale'
+    displayName: 'photo-sync: people see stale or broken pictures'
+    description: 'The daily verify found users whose people card shows a different picture than their Microsoft 365 photo (stale) or a missing file (broken_link) in two runs in a row (the latest "photo-sync verify" record: verify_bad_runs_in_a_row). Run `python -m shared verify --output csv` to list them with what each shows; docs/operations.md, "Verify what people see", says what to do for each state.'
+    severity: 2
+    evaluationFrequency: 'PT1H'
+    windowSize: 'PT1H'
+    queryTimeRange: lookBack
+    query: 'traces | where timestamp > ago(48h) | where message == "photo-sync verify" | summarize arg_max(timestamp, *) | extend runs = toint(customDimensions.verify_bad_runs_in_a_row), stale = toint(customDimensions.verify_stale), broken_link = toint(customDimensions.verify_broken_link) | where runs >= 2 and stale + broken_link > 0 | project timestamp, stale, broken_link, runs'
+  }
+  {
+    name: 'waiting-for-link'
+    displayName: 'photo-sync: users wait over 24 hours for a profile link'
+    description: 'Users have waited more than 24 hours for their profile to be linked to their photo (needs_profile_link; the latest health record\'s oldest_waiting_hours). SharePoint refuses this app the profile write: a SharePoint administrator runs `python -m shared link-profiles` (docs/operations.md, "When profile writes are refused").'
+    severity: 3
+    evaluationFrequency: 'PT1H'
+    windowSize: 'PT1H'
+    queryTimeRange: lookBack
+    query: '${latestHealth} | extend oldest_hours = todouble(customDimensions.oldest_waiting_hours), waiting = toint(customDimensions.needs_profile_link_users) | where oldest_hours > 24 and waiting > 0 | project timestamp, waiting, oldest_hours, oldest_since = tostring(customDimensions.oldest_waiting_since)'
+  }
+  {
     name: 'failed-syncs'
     displayName: 'photo-sync: failed syncs above threshold'
     description: 'More than ${failedAlertThreshold} syncs ended `failed` in the last hour. The "sync finished" records carry reason_code; docs/troubleshooting.md says what to do for each.'

@@ -16,6 +16,9 @@ param maximumInstanceCount int = 4
 param httpAlwaysReady int = 1
 param sharePointRuPerMinute int = 1250
 param graphPhotoConcurrency int = 4
+param verifySample int = 200
+param profileWrites string = 'auto'
+param profileWriteProbeHours int = 24
 param organisation string = ''
 param thumbnailNaming string = 'object-id'
 
@@ -157,6 +160,9 @@ var appSettings = {
   PHOTO_SYNC_MAX_INSTANCES: string(maximumInstanceCount)
   SHAREPOINT_RU_PER_MINUTE: string(sharePointRuPerMinute)
   GRAPH_PHOTO_CONCURRENCY: string(graphPhotoConcurrency)
+  VERIFY_SAMPLE: string(verifySample)
+  PROFILE_WRITES: profileWrites
+  PROFILE_WRITE_PROBE_HOURS: string(profileWriteProbeHours)
   SYNC_INCLUDE_GROUPS: includeGroups
   SYNC_EXCLUDE_GROUPS: excludeGroups
   // UPNs are redacted from log records; an operator sets 'true' in the portal to trace one user

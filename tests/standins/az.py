@@ -7,9 +7,10 @@ What it models, with sources:
   with `-o tsv` as tab-separated text; on an HTTP error it writes `ERROR: <reason>(<body>)` to
   stderr and exits 1 (Azure/azure-cli src/azure-cli/azure/cli/command_modules/util/custom.py rest_call,
   azure/cli/core/util.py send_raw_request raising HTTPError).
-- GET /servicePrincipals/{id}, /servicePrincipals(appId='...'), appRoleAssignments GET/POST
+- GET /servicePrincipals/{id}, /servicePrincipals(appId='...'), appRoleAssignments GET/POST, and
+  DELETE /servicePrincipals/{id}/appRoleAssignments/{id} (204; 404 when it does not exist)
   (microsoft-graph-docs api-reference/v1.0/api/serviceprincipal-get.md,
-  serviceprincipal-post-approleassignments.md).
+  serviceprincipal-post-approleassignments.md, serviceprincipal-delete-approleassignments.md).
 - GET /sites/{hostname} needs Sites.Read.All for the caller (api-reference/v1.0/api/site-get.md);
   GET/POST /sites/{id}/permissions and PATCH /sites/{id}/permissions/{id} need
   Sites.FullControl.All (site-list-permissions.md, site-post-permissions.md,
@@ -54,6 +55,12 @@ def answer(state: dict[str, Any], method: str, path: str, body: Any) -> Any:
             if sp["appId"] == m.group(1):
                 return {"id": sp_id, **sp}
         raise HttpError(404, "Request_ResourceNotFound", "Resource not found")
+    if m := re.fullmatch(r"/v1\.0/servicePrincipals/([^/]+)/appRoleAssignments/([^/]+)", path):
+        assignments = state.setdefault("assignments", {}).setdefault(m.group(1), [])
+        if method != "delete" or not any(a["id"] == m.group(2) for a in assignments):
+            raise HttpError(404, "Request_ResourceNotFound", "Resource not found")
+        assignments[:] = [a for a in assignments if a["id"] != m.group(2)]
+        return None
     if m := re.fullmatch(r"/v1\.0/servicePrincipals/([^/]+)/appRoleAssignments", path):
         assignments = state.setdefault("assignments", {}).setdefault(m.group(1), [])
         if method == "post":
