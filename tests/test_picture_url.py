@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from shared.handlers import get_settings, reset_process_caches
+from shared.state import StateStore
 from shared.sharepoint import comparable_url, picture_timestamp, same_file
 from simulator.azurite import Azurite
 from simulator.core import TenantSimulator
